@@ -1,0 +1,130 @@
+"""Pruning decisions as pure functions on plain numbers: when to prune, how wide, which channels.
+
+Nothing here touches a model. The trainer feeds measured densities in and gets decisions out.
+
+When (``prune.schedule``), deciding after epoch ``epoch`` (1-based) has finished:
+- ``none``: never (the dense baseline).
+- ``fixed``: when ``epoch`` is in ``prune.epochs``.
+- ``interval``: at epochs ``warmup, warmup + interval, warmup + 2 * interval, ...`` (epoch >= 1).
+- ``saturation``: when at least ``warmup`` epochs have passed since the start or the last prune,
+  and over the last ``patience`` epoch-to-epoch steps (all since the last prune) every layer's
+  density moved by less than ``density_tol``.
+All schedules stop after ``max_rounds`` prunes, never prune after the last epoch (nothing would
+retrain the cut network), and stop for good once a round would remove less than ``min_gain`` of
+the parameters (the trainer checks that with ``worth_pruning``).
+
+How wide: ``new_width`` = max(min_channels, ceil(width_scale * density * width)), rounded up to a
+multiple of ``round_to``, never above the current width.
+
+Residual groups: channels tied through additions pass through several activations. Their
+densities combine (``prune.group_density``) as ``mean``: pooled counts, i.e. non-zero outputs over
+all outputs of all the group's activations (each activation weighs by its number of outputs), or
+``max``: per channel the highest density among the activations, and for the group the highest
+layer density (conservative: a channel busy anywhere is kept).
+
+Which channels (``prune.select``): the highest per-channel density, the largest L1 norm of the
+group's first layer's filters, or uniformly at random; channels whose density is below
+``prune.channel_density_min`` always go first (the width then drops below ``new_width`` if fewer
+channels clear the floor, but not below ``min_channels``, rounded up to ``round_to``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+
+from adprune_core.config import PruneConfig
+from adprune_core.density import ChannelCounts
+
+# Guards ceil() against float noise: 0.5 * 64 may be 32.000000000000004.
+_EPS = 1e-9
+
+
+def should_prune(cfg: PruneConfig, epoch: int, total_epochs: int,
+                 density_history: Sequence[Mapping[str, float]], last_prune_epoch: int,
+                 rounds_done: int) -> bool:
+    """Whether to prune right after ``epoch`` (1-based) of ``total_epochs``.
+
+    ``density_history[i]`` holds the layer densities measured during epoch ``i + 1``;
+    ``last_prune_epoch`` is 0 before the first prune.
+    """
+    if cfg.schedule == "none" or rounds_done >= cfg.max_rounds or epoch >= total_epochs:
+        return False
+    if cfg.schedule == "fixed":
+        return epoch in cfg.epochs
+    if cfg.schedule == "interval":
+        return epoch >= cfg.warmup and (epoch - cfg.warmup) % cfg.interval == 0
+    if cfg.schedule == "saturation":
+        return (epoch - last_prune_epoch >= cfg.warmup
+                and densities_settled(density_history[last_prune_epoch:epoch], cfg.density_tol,
+                                      cfg.patience))
+    raise ValueError(f"unknown prune.schedule {cfg.schedule!r}")
+
+
+def densities_settled(history: Sequence[Mapping[str, float]], tol: float, patience: int) -> bool:
+    """True when the last ``patience`` steps of ``history`` each moved every layer by < ``tol``."""
+    if len(history) < patience + 1:
+        return False
+    recent = history[-(patience + 1):]
+    for before, after in zip(recent, recent[1:]):
+        if any(abs(after[k] - before[k]) >= tol for k in after.keys() & before.keys()):
+            return False
+    return True
+
+
+def new_width(density: float, width: int, *, width_scale: float = 1.0, min_channels: int = 1,
+              round_to: int = 1) -> int:
+    """The width a layer of ``width`` channels and activation density ``density`` shrinks to."""
+    target = max(min_channels, math.ceil(width_scale * density * width - _EPS))
+    target = math.ceil(target / round_to) * round_to
+    return min(width, target)
+
+
+def combine_counts(counts: Sequence[ChannelCounts], rule: str) -> tuple[float, list[float]]:
+    """(group density, per-channel densities) of a group measured by several activations."""
+    if not counts:
+        raise ValueError("a group needs at least one measured activation")
+    if rule == "mean":
+        total = sum(c.per_channel_total for c in counts)
+        per_channel = [sum(col) / total if total else 0.0 for col in zip(*(c.nonzero for c in counts))]
+        n_outputs = total * len(per_channel)
+        density = sum(sum(c.nonzero) for c in counts) / n_outputs if n_outputs else 0.0
+        return density, per_channel
+    if rule == "max":
+        per_channel = [max(col) for col in zip(*(c.channel_densities for c in counts))]
+        return max(c.layer_density for c in counts), per_channel
+    raise ValueError(f"unknown prune.group_density {rule!r}")
+
+
+def select_channels(scores: Sequence[float], keep: int, *, channel_densities: Sequence[float],
+                    density_min: float = 0.0, min_channels: int = 1, round_to: int = 1) -> list[int]:
+    """Indices (sorted) of the channels that stay: the ``keep`` best by ``scores``, ties to the lower
+    index, after channels below ``density_min`` have been sent to the back of the queue."""
+    n = len(scores)
+    eligible = sum(1 for d in channel_densities if d >= density_min)
+    if eligible < keep:
+        keep = max(min_channels, math.ceil(eligible / round_to) * round_to)
+    keep = min(keep, n)
+    order = sorted(range(n), key=lambda i: (channel_densities[i] < density_min, -scores[i], i))
+    return sorted(order[:keep])
+
+
+def channel_scores(rule: str, channel_densities: Sequence[float], l1_norms: Sequence[float],
+                   seed: int) -> list[float]:
+    """Per-channel importance for ``prune.select`` (higher stays)."""
+    if rule == "density":
+        return list(channel_densities)
+    if rule == "l1":
+        return list(l1_norms)
+    if rule == "random":
+        rng = random.Random(seed)
+        return [rng.random() for _ in channel_densities]
+    raise ValueError(f"unknown prune.select {rule!r}")
+
+
+def worth_pruning(params_before: int, params_after: int, min_gain: float) -> bool:
+    """Whether removing ``params_before - params_after`` parameters is at least ``min_gain`` of them."""
+    if params_before <= 0:
+        return False
+    return (params_before - params_after) / params_before >= max(min_gain, _EPS)

@@ -1,0 +1,361 @@
+"""The training loop with activation-density pruning in training.
+
+Each epoch (1-based):
+1. train on every batch (SGD; learning rate per step on the global epoch clock), while the
+   ``DensityMeter`` counts non-zero activations of the same forward passes;
+2. evaluate top-1 on the validation set;
+3. record the epoch: losses, accuracies, layer densities, widths, params, FLOPs, compute, time;
+4. ask the policy whether to prune; if so, plan new widths and kept channels from this epoch's
+   densities, cut a copy of the network, and keep the cut only if it removes at least
+   ``prune.min_gain`` of the parameters (else pruning ends for the run);
+5. after a cut: rebuild the optimizer (carrying momentum for kept channels under ``inherit``, or
+   re-initialising the network under ``reinit``), re-attach the meter, re-measure costs.
+
+Callbacks (``Callback``) see every epoch record and prune event; ``on_epoch_end`` may return a
+reason string to stop the run early (status ``stopped``). A loss that is not finite ends the run
+with status ``diverged``. ``summary.json`` is rewritten atomically after every epoch, so a crash
+loses nothing already recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from adprune_core import costs, policy
+from adprune_core.config import Config, TrainConfig, config_to_dict
+from adprune_core.data import DeviceLoader, ImageData, load_dataset
+from adprune_core.density import ChannelCounts, DensityMeter
+from adprune_core.errors import ConfigError
+from adprune_core.export import save_model
+from adprune_core.graph import ModelGraph, analyse, prepare_model
+from adprune_core.models import build_model
+from adprune_core.surgery import filter_l1_norms, prune_groups, reinitialize, restore_momentum, stash_momentum
+
+SUMMARY_FILE = "summary.json"
+MODEL_DIR = "model"
+EVAL_BATCH = 512
+
+
+class Callback(Protocol):
+    """Hooks the study (or anyone) can pass to ``train``; every method is optional."""
+
+    def on_epoch_end(self, record: dict[str, Any]) -> str | None: ...
+
+    def on_prune(self, event: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    summary: dict[str, Any]
+    model: nn.Module
+    out_dir: Path | None = None
+
+
+@dataclass
+class _State:
+    """What the loop carries from epoch to epoch."""
+
+    model: nn.Module
+    graph: ModelGraph
+    optimizer: torch.optim.Optimizer
+    meter: DensityMeter
+    params: int
+    flops: int
+    train_flops_per_image: int
+    train_flops_cum: int = 0
+    rounds: int = 0
+    last_prune_epoch: int = 0
+    pruning_over: bool = False
+    density_history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available here; "
+                          "use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 under ``amp=auto`` on GPUs that support it, under ``amp=bf16`` anywhere; else None."""
+    if cfg.amp == "off":
+        return None
+    if cfg.amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def learning_rate(cfg: TrainConfig, t: float) -> float:
+    """Learning rate at global training time ``t`` in epochs (0 <= t < cfg.epochs)."""
+    if cfg.warmup_epochs and t < cfg.warmup_epochs:
+        return cfg.lr * (t + 1e-3) / cfg.warmup_epochs
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "step":
+        passed = sum(1 for m in cfg.lr_milestones if t >= m * cfg.epochs)
+        return cfg.lr * cfg.lr_gamma ** passed
+    span = max(cfg.epochs - cfg.warmup_epochs, 1e-9)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (t - cfg.warmup_epochs) / span))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+
+
+def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
+          data: ImageData | None = None) -> TrainResult:
+    """Train ``cfg``'s network with density pruning; write ``summary.json`` and the network to
+    ``out_dir`` when given. ``data`` may be passed to reuse an already loaded dataset."""
+    device = resolve_device(cfg.train.device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    data = data or load_dataset(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    amp_dtype = autocast_dtype(cfg.train, device)
+
+    model = prepare_model(build_model(cfg.model, data.num_classes, data.image_shape)).to(device)
+    example = torch.zeros(1, *data.image_shape, device=device)
+    state = _new_state(model, cfg, data, example, optimizer=None)
+    dense = {"params": state.params, "flops": state.flops}
+    loader = DeviceLoader(data.train_images, data.train_labels, batch_size=cfg.train.batch_size,
+                          device=device, mean=data.mean, std=data.std, train=True,
+                          augment=cfg.data.augment, crop_padding=cfg.data.crop_padding,
+                          seed=cfg.train.seed)
+    val_loader = DeviceLoader(data.val_images, data.val_labels, batch_size=EVAL_BATCH, device=device,
+                              mean=data.mean, std=data.std, train=False)
+    if len(loader) == 0:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {loader.num_samples} "
+                          "training images; use a smaller batch")
+
+    summary: dict[str, Any] = {"config": config_to_dict(cfg), "dataset": _describe(data),
+                               "device": str(device), "epochs": [], "prune_events": [], "final": {}}
+    status, stop_reason = "completed", None
+    bar = tqdm(total=cfg.train.epochs * len(loader), unit="step", dynamic_ncols=True,
+               disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")
+    try:
+        for epoch in range(1, cfg.train.epochs + 1):
+            started = time.perf_counter()
+            train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
+            val_top1 = evaluate(state.model, val_loader, amp_dtype)
+            counts = state.meter.read()
+            densities = _layer_densities(state.graph, counts)
+            state.density_history.append(densities)
+            state.train_flops_cum += state.train_flops_per_image * loader.num_samples
+            record = {"epoch": epoch, "lr": learning_rate(cfg.train, epoch - 1),
+                      "train_loss": train_loss, "train_top1": train_top1, "val_top1": val_top1,
+                      "densities": densities, "widths": state.graph.widths(), "params": state.params,
+                      "flops": state.flops, "train_flops_cum": state.train_flops_cum,
+                      "seconds": time.perf_counter() - started}
+            if not math.isfinite(train_loss):
+                status = "diverged"
+            elif _due(cfg, state, epoch):
+                event = _prune(state, cfg, data, counts, densities, epoch, example)
+                if event is not None:
+                    summary["prune_events"].append(event)
+                    for cb in callbacks:
+                        if hasattr(cb, "on_prune"):
+                            cb.on_prune(event)
+            record["seconds"] = time.perf_counter() - started
+            summary["epochs"].append(record)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_top1:.3f}",
+                            params=f"{state.params / 1e6:.2f}M", refresh=False)
+            _log(bar, cfg, record, summary["prune_events"])
+            for cb in callbacks:
+                reason = cb.on_epoch_end(record) if hasattr(cb, "on_epoch_end") else None
+                if reason and status == "completed":
+                    status, stop_reason = "stopped", str(reason)
+            summary["final"] = _final(status, record, state, dense, stop_reason)
+            if out is not None:
+                write_json(out / SUMMARY_FILE, summary)
+            if status != "completed":
+                break
+    finally:
+        bar.close()
+        state.meter.remove()
+
+    if out is not None:
+        save_model(out / MODEL_DIR, state.model, model_cfg=cfg.model, num_classes=data.num_classes,
+                   image_shape=data.image_shape, group_widths={g.name: g.width for g in state.graph.groups},
+                   history=[{"epoch": e["epoch"], "kept_idxs": e["kept_idxs"]} for e in summary["prune_events"]],
+                   metadata={"final": summary["final"]})
+        write_json(out / SUMMARY_FILE, summary)
+    return TrainResult(summary, state.model, out)
+
+
+def _new_state(model: nn.Module, cfg: Config, data: ImageData, example: torch.Tensor,
+               optimizer: torch.optim.Optimizer | None, base: _State | None = None) -> _State:
+    """Analyse the (possibly just cut) network and measure its costs; reuse ``base``'s counters."""
+    graph = analyse(model, example)
+    state = _State(model=model, graph=graph, optimizer=optimizer or build_optimizer(model, cfg.train),
+                   meter=DensityMeter(model, graph.activations), params=costs.count_params(model),
+                   flops=costs.inference_flops(model, data.image_shape),
+                   train_flops_per_image=costs.training_flops(model, data.image_shape))
+    if base is not None:
+        state.train_flops_cum, state.rounds = base.train_flops_cum, base.rounds
+        state.last_prune_epoch, state.density_history = base.last_prune_epoch, base.density_history
+    return state
+
+
+def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: int,
+                 amp_dtype: torch.dtype | None, bar: tqdm) -> tuple[float, float]:
+    """One pass over the training set; returns (mean loss, top-1). One host sync, at the end."""
+    model, optimizer = state.model, state.optimizer
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    steps = len(loader)
+    model.train()
+    state.meter.reset()
+    state.meter.active = True
+    try:
+        for step, (x, y) in enumerate(loader):
+            lr = learning_rate(cfg, epoch - 1 + step / steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(x)
+            loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            bar.update(1)
+    finally:
+        state.meter.active = False
+    n = loader.num_samples if not getattr(loader, "drop_last", False) else steps * cfg.batch_size
+    return float(loss_sum) / n, int(correct) / n
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` in eval mode over ``loader``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return int(correct) / max(loader.num_samples, 1)
+
+
+def _layer_densities(graph: ModelGraph, counts: dict[str, ChannelCounts]) -> dict[str, float]:
+    """Prunable layer -> density of the activation its output reaches."""
+    return {layer: counts[graph.layer_activation[layer]].layer_density
+            for g in graph.groups for layer in g.layers if graph.layer_activation.get(layer) in counts}
+
+
+def _due(cfg: Config, state: _State, epoch: int) -> bool:
+    return not state.pruning_over and policy.should_prune(
+        cfg.prune, epoch, cfg.train.epochs, state.density_history, state.last_prune_epoch, state.rounds)
+
+
+def plan_cut(state: _State, cfg: Config, counts: dict[str, ChannelCounts], epoch: int) -> dict[str, list[int]]:
+    """Group -> kept channel indices, from this epoch's counts (policy decisions only)."""
+    p = cfg.prune
+    plan = {}
+    for i, g in enumerate(state.graph.groups):
+        group_counts = [counts[a] for a in g.activations if a in counts]
+        if not group_counts:
+            continue
+        density, per_channel = policy.combine_counts(group_counts, p.group_density)
+        keep = policy.new_width(density, g.width, width_scale=p.width_scale,
+                                min_channels=p.min_channels, round_to=p.round_to)
+        l1 = filter_l1_norms(state.model, g.name) if p.select == "l1" else []
+        scores = policy.channel_scores(p.select, per_channel, l1, seed=cfg.train.seed * 100_003 + epoch * 1_009 + i)
+        plan[g.name] = policy.select_channels(scores, keep, channel_densities=per_channel,
+                                              density_min=p.channel_density_min,
+                                              min_channels=p.min_channels, round_to=p.round_to)
+    return plan
+
+
+def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, ChannelCounts],
+           densities: dict[str, float], epoch: int, example: torch.Tensor) -> dict[str, Any] | None:
+    """Cut the network per the plan if it pays; updates ``state`` in place; returns the event."""
+    plan = plan_cut(state, cfg, counts, epoch)
+    candidate = copy.deepcopy(state.model)
+    if cfg.prune.transfer == "inherit":
+        stash_momentum(state.model, state.optimizer, candidate)
+    prune_groups(candidate, plan, example)
+    params_after = costs.count_params(candidate)
+    if not policy.worth_pruning(state.params, params_after, cfg.prune.min_gain):
+        state.pruning_over = True
+        return None
+    optimizer = build_optimizer(candidate, cfg.train)
+    if cfg.prune.transfer == "inherit":
+        restore_momentum(candidate, optimizer)
+    else:
+        for p in candidate.parameters():
+            p.grad = None
+        reinitialize(candidate)
+    widths_before = state.graph.widths()
+    params_before, flops_before = state.params, state.flops
+    state.meter.remove()
+    new = _new_state(candidate, cfg, data, example, optimizer, base=state)
+    new.rounds += 1
+    new.last_prune_epoch = epoch
+    for name in ("model", "graph", "optimizer", "meter", "params", "flops", "train_flops_per_image",
+                 "rounds", "last_prune_epoch"):
+        setattr(state, name, getattr(new, name))
+    return {"epoch": epoch, "densities": densities, "widths_before": widths_before,
+            "widths_after": state.graph.widths(), "params_before": params_before,
+            "params_after": state.params, "flops_before": flops_before, "flops_after": state.flops,
+            "kept_idxs": plan}
+
+
+def _final(status: str, record: dict[str, Any], state: _State, dense: dict[str, int],
+           stop_reason: str | None) -> dict[str, Any]:
+    final = {"status": status, "epochs_run": record["epoch"], "val_top1": record["val_top1"],
+             "params": state.params, "flops": state.flops, "train_flops_cum": state.train_flops_cum,
+             "params_dense": dense["params"], "flops_dense": dense["flops"],
+             "compression_params": dense["params"] / max(state.params, 1),
+             "compression_flops": dense["flops"] / max(state.flops, 1), "prune_rounds": state.rounds}
+    if stop_reason:
+        final["stop_reason"] = stop_reason
+    return final
+
+
+def _describe(data: ImageData) -> dict[str, Any]:
+    return {"name": data.name, "num_classes": data.num_classes, "image_shape": list(data.image_shape),
+            "train_size": int(data.train_labels.shape[0]), "val_size": int(data.val_labels.shape[0])}
+
+
+def _log(bar: tqdm, cfg: Config, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    if not cfg.train.progress:
+        return
+    pruned = ""
+    if events and events[-1]["epoch"] == record["epoch"]:
+        e = events[-1]
+        pruned = f"  pruned: params {e['params_before'] / 1e6:.2f}M -> {e['params_after'] / 1e6:.2f}M"
+    bar.write(f"epoch {record['epoch']:>3}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  "
+              f"train {record['train_top1']:.3f}  val {record['val_top1']:.3f}  "
+              f"params {record['params'] / 1e6:.2f}M  flops {record['flops'] / 1e9:.3f}G  "
+              f"{record['seconds']:.1f}s{pruned}")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename): readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)

@@ -1,0 +1,17 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The real datasets beside the project (``../shared/data`` or $ADPRUNE_SHARED_DATA); skips when absent."""
+    path = Path(os.environ.get("ADPRUNE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not path.is_dir():
+        pytest.skip(f"no shared data at {path} (set ADPRUNE_SHARED_DATA to its folder)")
+    return path

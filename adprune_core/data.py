@@ -306,7 +306,7 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_pickle(path: Path, title: str) -> dict[str, object]:
+def _read_cifar_pickle(path: Path, name: str, title: str) -> dict[str, object]:
     try:
         with open(path, "rb") as f:
             entry = _CifarUnpickler(f, encoding="latin1").load()
@@ -314,32 +314,32 @@ def _read_cifar_pickle(path: Path, title: str) -> dict[str, object]:
             raise TypeError(f"holds a {type(entry).__name__}, not a dict")
         return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
     except Exception as exc:  # anything a truncated or foreign pickle raises
-        raise DataError(f"'{path}' is not a valid {title} file ({_one_line(exc)}); delete "
+        raise DataError(f"{name}: '{path}' is not a valid {title} file ({_one_line(exc)}); delete "
                         f"'{path.parent}' and download it again (data.download=true)") from None
 
 
 def _read_cifar(name: str, layout: _CifarLayout, folder: Path) -> ImageData:
-    meta = _read_cifar_pickle(folder / layout.meta_file, layout.title)
+    meta = _read_cifar_pickle(folder / layout.meta_file, name, layout.title)
     raw_names = meta.get(layout.names_key)
     if not isinstance(raw_names, list) or not raw_names:
-        raise DataError(f"'{folder / layout.meta_file}' has no '{layout.names_key}' list; delete "
+        raise DataError(f"{name}: '{folder / layout.meta_file}' has no '{layout.names_key}' list; delete "
                         f"'{folder}' and download it again")
     classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in raw_names)
 
     def split(files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, labels = [], []
         for file in files:
-            entry = _read_cifar_pickle(folder / file, layout.title)
+            entry = _read_cifar_pickle(folder / file, name, layout.title)
             data, lab = entry.get("data"), entry.get(layout.labels_key)
             if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
                     and data.shape[1] == 3 * 32 * 32 and isinstance(lab, list) and len(lab) == len(data)):
-                raise DataError(f"'{folder / file}' does not hold 'data' (N, 3072) uint8 and "
+                raise DataError(f"{name}: '{folder / file}' does not hold 'data' (N, 3072) uint8 and "
                                 f"'{layout.labels_key}' (N labels); delete '{folder}' and download it again")
             pixels.append(data)
             labels.extend(lab)
         y = torch.tensor(labels, dtype=torch.int64)
         if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes):
-            raise DataError(f"'{folder}': labels outside 0..{len(classes) - 1}; download the dataset again")
+            raise DataError(f"{name}: '{folder}' has labels outside 0..{len(classes) - 1}; download the dataset again")
         # Each row is the red 32x32 plane, then green, then blue: exactly (3, 32, 32) in C order.
         return torch.from_numpy(np.concatenate(pixels).reshape(-1, 3, 32, 32)), y
 
@@ -397,35 +397,38 @@ def _read_tinyimagenet(tree: _Tree) -> ImageData:
     base = wnid_files[0][: -len("wnids.txt")]
     wnids = tree.read_text(wnid_files[0]).split()
     index = {w: i for i, w in enumerate(wnids)}
-    names = dict(_wnid_and_name(line) for line in tree.read_text(base + "words.txt").splitlines()
-                 if "\t" in line) if base + "words.txt" in tree.name_set else {}
+    names: dict[str, str] = {}
+    if base + "words.txt" in tree.name_set:
+        names = dict(_wnid_and_name(line) for line in tree.read_text(base + "words.txt").splitlines() if "\t" in line)
     classes = tuple(names.get(w, w) for w in wnids)
 
-    train_files, train_labels = [], []
+    train = []  # (label, file name), sorted below into class order
     for name in tree.names:
         parts = name[len(base):].split("/")
         if name.startswith(base + "train/") and len(parts) == 4 and parts[2] == "images" and _is_image(name):
             if parts[1] not in index:
                 raise DataError(f"{where}: train folder '{parts[1]}' is not listed in wnids.txt; add it "
                                 "there or remove the folder")
-            train_files.append(name)
-            train_labels.append(index[parts[1]])
+            train.append((index[parts[1]], name))
 
     annotations = base + "val/val_annotations.txt"
     if annotations not in tree.name_set:
         raise DataError(f"{where} has no {annotations}; expected the official val/ folder with its annotations")
     val_files, val_labels = [], []
     for line in tree.read_text(annotations).splitlines():
+        if not line.strip():
+            continue
         fields = line.split("\t")
         if len(fields) < 2 or fields[1] not in index or base + "val/images/" + fields[0] not in tree.name_set:
             raise DataError(f"{where}: {annotations} line {line!r} does not name an existing val/images/ file "
                             "and a wnid from wnids.txt; fix the line or use the official files")
         val_files.append(base + "val/images/" + fields[0])
         val_labels.append(index[fields[1]])
+    train_labels, train_files = zip(*sorted(train), strict=True) if train else ((), ())
     if not train_files or not val_files:
         raise DataError(f"{where} has {len(train_files)} train and {len(val_files)} val images; both must "
                         "be non-empty (train/<wnid>/images/*.JPEG, val/images/*.JPEG)")
-    return _image_data("tinyimagenet", _decode(tree, train_files, "tinyimagenet train"),
+    return _image_data("tinyimagenet", _decode(tree, list(train_files), "tinyimagenet train"),
                        torch.tensor(train_labels), _decode(tree, val_files, "tinyimagenet val"),
                        torch.tensor(val_labels), classes)
 
@@ -463,10 +466,10 @@ def _read_imagefolder(tree: _Tree) -> ImageData:
                         "directly or under one top-level folder")
 
     def files(split: str) -> list[tuple[str, str]]:
-        """(class, file name) of every image below ``split/<class>/``."""
+        """(class, file name) of every image below ``split/<class>/``, in class order."""
         prefix = base + split + "/"
-        return [(n[len(prefix):].split("/", 1)[0], n) for n in tree.names
-                if n.startswith(prefix) and n.count("/", len(prefix)) >= 1 and _is_image(n)]
+        return sorted((n[len(prefix):].split("/", 1)[0], n) for n in tree.names
+                      if n.startswith(prefix) and n.count("/", len(prefix)) >= 1 and _is_image(n))
 
     train = files("train")
     val_split = next((s for s in ("val", "test") if files(s)), None)
@@ -604,7 +607,7 @@ _ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
 def _cached(cfg: DataConfig, name: str, source: Path, fingerprint: str, build: Callable[[], ImageData],
             *, disk: bool = True) -> ImageData:
     """``build()``, unless this process or the disk cache already holds the result for this fingerprint."""
-    key = (name, str(source.absolute()))
+    key = (name, str(source.resolve()))
     hit = _MEMORY.get(key)
     if hit is not None and hit[0] == fingerprint:
         _MEMORY.move_to_end(key)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from adprune_core.config import TrainConfig
 from adprune_core.costs import count_params
 from adprune_core.density import DensityMeter
 from adprune_core.graph import analyse
 from adprune_core.policy import select_channels
 from adprune_core.surgery import prune_groups, restore_momentum, stash_momentum
 from adprune_core.trainer import build_optimizer
-from adprune_core.config import TrainConfig
 from tests.helpers import kill_channels, small_model
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -283,11 +283,20 @@ def _download_cifar(cfg: DataConfig, name: str, layout: _CifarLayout, root: Path
              f"(looked for {layout.folder}/{missing.name})")
     fix = (f"download {official.url} and extract it there, or set data.root (or ${DATA_ROOT_ENV}) "
            f"to the folder that holds {layout.folder}/")
+
+    def fetch() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(official.url, str(root), filename=official.filename, md5=official.tgz_md5)
+
+    _download_or_explain(cfg, fetch, where, fix)
+
+
+def _download_or_explain(cfg: DataConfig, fetch: Callable[[], object], where: str, fix: str) -> object:
+    """Run ``fetch`` when ``cfg.download`` allows it; any failure becomes one DataError line."""
     if not cfg.download:
         raise DataError(f"{where} and data.download is false; {fix}")
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(official.url, str(root), filename=official.filename, md5=official.tgz_md5)
+        return fetch()
     except Exception as exc:  # offline, HTTP, disk, checksum and archive errors all mean "not available"
         raise DataError(f"{where} and the download failed ({_one_line(exc)}); {fix}") from None
 
@@ -364,12 +373,8 @@ def tinyimagenet(cfg: DataConfig) -> ImageData:
                  f"wnids.txt and tiny-imagenet-200*.zip)")
         fix = (f"download {TINY_IMAGENET_URL} into that folder (no need to unzip it), or set data.root "
                f"(or ${DATA_ROOT_ENV}) to the folder or zip")
-        if not cfg.download:
-            raise DataError(f"{where} and data.download is false; {fix}")
-        try:
-            source = _download(TINY_IMAGENET_URL, root / "tiny-imagenet-200.zip")
-        except Exception as exc:  # offline, HTTP and disk errors all mean "not available"
-            raise DataError(f"{where} and the download failed ({_one_line(exc)}); {fix}") from None
+        source = _download_or_explain(cfg, lambda: _download(TINY_IMAGENET_URL, root / "tiny-imagenet-200.zip"),
+                                      where, fix)
     with _Tree(source) as tree:
         return _cached(cfg, "tinyimagenet", tree.path, tree.fingerprint, lambda: _read_tinyimagenet(tree))
 

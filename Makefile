@@ -22,8 +22,8 @@ test: install  ## the fast CPU suite (about 5 minutes on 2 cores)
 	$(PY) -m ruff check adprune_core tests
 	$(PY) -m pytest -q
 
-test-slow: install  ## the slow tests too
-	$(PY) -m pytest -q -m slow
+test-slow: install  ## every test, the ones marked slow included
+	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: install
 	$(PY) -m ruff check adprune_core tests

@@ -8,7 +8,18 @@ CONFIG ?= configs/smoke.yaml
 OUT    ?=
 SET    ?=
 
-.PHONY: install test test-slow lint train bench clean
+# make study / make ui (docs/study.md)
+DATASET  ?= synthetic
+MODEL    ?=
+TRIALS   ?=
+EPOCHS   ?=
+STUDY    ?=
+DATA     ?=
+SEED     ?=
+RUNS_DIR ?= runs
+PORT     ?= 5000
+
+.PHONY: install test test-slow lint train study ui bench clean
 
 install: $(STAMP)
 
@@ -19,17 +30,25 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install  ## the fast CPU suite (about 5 minutes on 2 cores)
-	$(PY) -m ruff check adprune_core tests
+	$(PY) -m ruff check adprune_core study tests
 	$(PY) -m pytest -q
 
 test-slow: install  ## every test, the ones marked slow included
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: install
-	$(PY) -m ruff check adprune_core tests
+	$(PY) -m ruff check adprune_core study tests
 
 train: install  ## make train [CONFIG=configs/smoke.yaml] [OUT=dir] [SET="train.epochs=3 data.name=cifar10"]
 	$(VENV)/bin/adprune train --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
+
+study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs]
+	$(VENV)/bin/adprune study --dataset $(DATASET) --runs-dir $(RUNS_DIR) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STUDY),--name $(STUDY)) \
+		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(foreach s,$(SET),--set $(s))
+
+ui: install  ## the MLflow UI for $(RUNS_DIR) on http://127.0.0.1:$(PORT)
+	$(VENV)/bin/adprune ui --runs-dir $(RUNS_DIR) --port $(PORT)
 
 bench: install  ## side-by-side speed figures, written to docs/benchmarks.md
 	$(PY) -m adprune_core.bench --out docs/benchmarks.md

@@ -49,3 +49,13 @@ def test_train_writes_summary_and_model(tmp_path):
 def test_config_command_prints_resolved_yaml():
     proc = run("config", "--set", "train.epochs=7")
     assert proc.returncode == 0 and "epochs: 7" in proc.stdout
+
+
+def test_core_library_never_imports_optuna_or_mlflow():
+    code = ("import pkgutil, importlib, sys, adprune_core\n"
+            "for m in pkgutil.walk_packages(adprune_core.__path__, 'adprune_core.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('optuna', 'mlflow', 'study', 'reports'))\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

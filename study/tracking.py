@@ -1,0 +1,234 @@
+"""MLflow tracking of a study (like optuna-integration's ``MLflowCallback``, but ours).
+
+Layout, in an embedded SQLite store (no server): one experiment per study, named after it, artifacts
+under ``<runs>/mlartifacts/<study>/``;
+- a parent run for the study (run name = study name, tag ``adprune.role=study``): the study config
+  (params, ``study_config.json``), and after every trial ``pareto_front.json`` and the metrics
+  ``pareto_size``, ``trials_complete``, ``trials_pruned``, ``trials_failed`` (step = trial number);
+- a nested child run per trial (tag ``mlflow.parentRunId``; run name ``trial-NNNN``, ``-baseline``
+  for the baseline), tagged ``optuna.trial_number`` and ``optuna.trial_state`` (RUNNING, then COMPLETE,
+  PRUNED or FAIL), ``adprune.stop_reason`` / ``adprune.fail_reason`` when it did not complete; params:
+  the resolved trainer config (``prune.schedule`` ...) and the suggested values as ``search.<key>``
+  (listed in tag ``adprune.searched``); per-epoch metrics (step = epoch): ``train_loss``,
+  ``train_top1``, ``val_top1``, ``lr``, ``params``, ``flops``, ``train_flops_cum``, ``seconds``,
+  ``density/<layer>``, ``width/<layer>``; at each prune ``prune_round`` and ``params_after``,
+  ``flops_after``; final metrics ``final/<key>`` (``final/val_top1``, ``final/compression_flops``, ...);
+  artifacts ``summary.json``, ``prune_events.json``, ``density_width.png``, ``model/`` (the pruned
+  network). Run status: FINISHED (COMPLETE), KILLED (PRUNED, interrupted), FAILED (FAIL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from study.pareto import describe_trial, pareto_trials
+from study.plots import layer_curves, render
+
+EPOCH_METRICS = ("train_loss", "train_top1", "val_top1", "lr", "params", "flops", "train_flops_cum", "seconds")
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+PLOT_FILE = "density_width.png"
+_MAX_PARAMS, _MAX_METRICS = 100, 1000  # per log_batch call
+
+
+def tracking_uri(runs_dir: str | Path) -> str:
+    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
+
+
+def artifact_root(runs_dir: str | Path) -> Path:
+    return (Path(runs_dir) / "mlartifacts").resolve()
+
+
+def metric_name(name: str) -> str:
+    """A name MLflow accepts (letters, digits, ``_ - . / : `` and spaces); anything else becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", name)
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"prune": {"schedule": "fixed"}}`` -> ``{"prune.schedule": "fixed"}``; values as strings."""
+    flat: dict[str, str] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple, bool)) or value is None else str(value)
+    return flat
+
+
+def _quiet_store_logs() -> None:
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class StudyTracker:
+    """The study's MLflow experiment and parent run; hands out a ``TrialRun`` per trial."""
+
+    def __init__(self, runs_dir: str | Path, study_name: str, objective_names: Sequence[str],
+                 directions: Sequence[str]) -> None:
+        _quiet_store_logs()
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri(runs_dir))
+        self.study_name, self.names, self.directions = study_name, tuple(objective_names), tuple(directions)
+        exp = self.client.get_experiment_by_name(study_name)
+        if exp is None:
+            location = (artifact_root(runs_dir) / metric_name(study_name).replace("/", "_")).as_uri()
+            self.experiment_id = self.client.create_experiment(study_name, artifact_location=location,
+                                                               tags={"adprune.study": study_name})
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+
+    def open(self, study: Any, study_config: Mapping[str, Any]) -> str:
+        """Create or resume the parent run of ``study`` (its id is kept in the study's user attrs)."""
+        run = None
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+            except Exception:  # deleted store or run: start a new parent
+                run = None
+        if run is None or run.info.experiment_id != self.experiment_id:
+            run = self.client.create_run(self.experiment_id, run_name=self.study_name,
+                                         tags={"adprune.role": "study", "optuna.study_name": self.study_name,
+                                               "adprune.objectives": ",".join(self.names)})
+            study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+            self._log_params(run.info.run_id, flatten(study_config))
+        else:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        self.parent_id = run.info.run_id
+        self._log_json(self.parent_id, "study_config.json", study_config)
+        self._close_stale_children()
+        return self.parent_id
+
+    def _close_stale_children(self) -> None:
+        """Child runs left RUNNING by an interrupted process (one process runs a study at a time)."""
+        stale = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
+            f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"))
+        for run in stale:
+            self.client.set_tag(run.info.run_id, "optuna.trial_state", "FAIL")
+            self.client.set_tag(run.info.run_id, "adprune.fail_reason", "left running by an interrupted process")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def start_trial(self, number: int, baseline: bool, params: Mapping[str, Any], config: Mapping[str, Any],
+                    out_dir: Path) -> TrialRun:
+        """A nested child run for trial ``number``: tags, resolved config and searched values as params."""
+        tags = {"mlflow.parentRunId": self.parent_id, "optuna.study_name": self.study_name,
+                "optuna.trial_number": str(number), "optuna.trial_state": "RUNNING",
+                "adprune.baseline": str(baseline).lower(), "adprune.searched": ",".join(params),
+                "adprune.out_dir": str(out_dir)}
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}" + ("-baseline" * baseline),
+                                     tags=tags)
+        flat = flatten(config)
+        flat.update({f"search.{k}": json.dumps(v) if isinstance(v, bool) else str(v) for k, v in params.items()})
+        self._log_params(run.info.run_id, flat)
+        return TrialRun(self.client, run.info.run_id, run.info.run_name)
+
+    def after_trial(self, study: Any, trial: Any) -> None:
+        """Optuna study callback: the trial's final state tag, the parent's Pareto front and counts."""
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.client.set_tag(run_id, "optuna.trial_state", trial.state.name)
+        trials = study.get_trials(deepcopy=False)
+        front = [describe_trial(t, self.names) for t in pareto_trials(trials, self.directions)]
+        self._log_json(self.parent_id, "pareto_front.json", {"objectives": dict(zip(self.names, self.directions)),
+                                                             "trials": front})
+        counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        now, step = _now_ms(), trial.number
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.parent_id, metrics=[
+            Metric("pareto_size", len(front), now, step), Metric("trials_complete", counts["COMPLETE"], now, step),
+            Metric("trials_pruned", counts["PRUNED"], now, step), Metric("trials_failed", counts["FAIL"], now, step)])
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status)
+
+    def _log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), _MAX_PARAMS):
+            self.client.log_batch(run_id, params=items[i:i + _MAX_PARAMS])
+
+    def _log_json(self, run_id: str, name: str, payload: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(payload, indent=2, default=float))
+            self.client.log_artifact(run_id, str(path))
+
+
+class TrialRun:
+    """A trial's child run; a trainer callback (per-epoch metrics, prune events) and ``finish``."""
+
+    def __init__(self, client: Any, run_id: str, name: str = "") -> None:
+        self.client, self.run_id, self.name = client, run_id, name
+        self.rounds = 0
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now, step = _now_ms(), int(record["epoch"])
+        metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if k in record]
+        for kind, key in (("density", "densities"), ("width", "widths")):
+            metrics += [Metric(metric_name(f"{kind}/{layer}"), float(v), now, step)
+                        for layer, v in record.get(key, {}).items()]
+        for i in range(0, len(metrics), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + _MAX_METRICS])
+        return None
+
+    def on_prune(self, event: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        self.rounds += 1
+        now, step = _now_ms(), int(event["epoch"])
+        self.client.log_batch(self.run_id, metrics=[
+            Metric("prune_round", self.rounds, now, step), Metric("params_after", event["params_after"], now, step),
+            Metric("flops_after", event["flops_after"], now, step)])
+
+    def finish(self, state: str, reason: str | None = None, out_dir: Path | None = None,
+               interrupted: bool = False) -> None:
+        """Log what the run left in ``out_dir`` (summary, plot, model), tag ``state`` and why, end the run."""
+        from mlflow.entities import Metric
+
+        summary_path = out_dir / "summary.json" if out_dir is not None else None
+        summary = json.loads(summary_path.read_text()) if summary_path and summary_path.is_file() else None
+        tags = {"optuna.trial_state": state}
+        if summary:
+            final = summary.get("final", {})
+            tags["adprune.status"] = str(final.get("status", ""))
+            now = _now_ms()
+            metrics = [Metric(metric_name(f"final/{k}"), float(v), now, 0) for k, v in final.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if metrics:
+                self.client.log_batch(self.run_id, metrics=metrics)
+            self.client.log_artifact(self.run_id, str(summary_path))
+            with tempfile.TemporaryDirectory() as tmp:
+                events = Path(tmp) / "prune_events.json"
+                events.write_text(json.dumps(summary.get("prune_events", []), indent=2, default=float))
+                self.client.log_artifact(self.run_id, str(events))
+                if summary.get("epochs"):
+                    plot = render(layer_curves(summary), Path(tmp) / PLOT_FILE, title=f"{self.name}: {state}")
+                    self.client.log_artifact(self.run_id, str(plot))
+        model_dir = out_dir / "model" if out_dir is not None else None
+        if model_dir is not None and model_dir.is_dir():
+            self.client.log_artifacts(self.run_id, str(model_dir), artifact_path="model")
+        if reason:
+            tags["adprune.stop_reason" if state == "PRUNED" else "adprune.fail_reason"] = reason[:5000]
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+        self.client.set_terminated(self.run_id, "KILLED" if interrupted else RUN_STATUS.get(state, "FAILED"))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

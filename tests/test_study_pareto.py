@@ -1,0 +1,99 @@
+"""Pure decisions of the study: domination, the Pareto front, the dominated-trial stopper, the plot data."""
+
+import math
+
+import pytest
+
+from study.pareto import dominates, dominates_by_margin, pareto_front, pareto_trials
+from study.plots import layer_curves
+from study.stopping import DominatedTrialStopper, check_epochs, dominated_reason
+
+DIRS = ("maximize", "minimize", "minimize")  # val_top1, flops, train_flops_cum
+NAMES = ("val_top1", "flops", "train_flops_cum")
+
+
+def test_domination_needs_no_worse_everywhere_and_better_somewhere():
+    assert dominates((0.9, 100, 1000), (0.8, 100, 1000), DIRS)
+    assert dominates((0.8, 90, 1000), (0.8, 100, 1000), DIRS)
+    assert not dominates((0.8, 100, 1000), (0.8, 100, 1000), DIRS)  # a tie dominates nothing
+    assert not dominates((0.9, 110, 900), (0.8, 100, 1000), DIRS)  # worse flops
+    assert not dominates((math.nan, 1, 1), (0.1, 100, 1000), DIRS)
+
+
+def test_margin_is_relative_to_the_dominated_point_in_every_objective():
+    b = (0.80, 100.0, 1000.0)
+    # 5%: needs val >= 0.84, flops <= 95, cum <= 950
+    assert dominates_by_margin((0.84, 95.0, 950.0), b, DIRS, 0.05)
+    assert not dominates_by_margin((0.839, 95.0, 950.0), b, DIRS, 0.05)
+    assert not dominates_by_margin((0.84, 95.1, 950.0), b, DIRS, 0.05)
+    assert not dominates_by_margin((0.99, 10.0, 951.0), b, DIRS, 0.05)  # far better twice is not enough
+    assert not dominates_by_margin(b, b, DIRS, 0.05)
+    assert dominates_by_margin((0.81, 100.0, 1000.0), b, DIRS, 0.0)  # margin 0 = plain domination
+
+
+def test_pareto_front_keeps_ties_and_drops_dominated_points():
+    points = [(0.9, 100, 1000), (0.8, 50, 1000), (0.8, 60, 1000), (0.9, 100, 1000), (0.7, 50, 2000)]
+    assert pareto_front(points, DIRS) == [0, 1, 3]
+    assert pareto_front([], DIRS) == []
+
+
+def test_check_epochs_are_fractions_rounded_half_up_and_never_the_last():
+    assert check_epochs([0.5], 3) == (2,)  # 1.5 -> 2
+    assert check_epochs([0.5, 0.75], 30) == (15, 23)  # 22.5 -> 23
+    assert check_epochs([0.9, 0.99], 4) == (3,)  # clamped to epochs - 1, merged
+    assert check_epochs([0.5], 1) == ()
+
+
+def rec(epoch, val, flops, cum):
+    return {"epoch": epoch, "val_top1": val, "flops": flops, "train_flops_cum": cum, "params": 1}
+
+
+def test_dominated_reason_names_the_trial_and_values():
+    mine = rec(2, 0.5, 100, 1000)
+    refs = {3: rec(2, 0.52, 99, 990), 7: rec(2, 0.9, 50, 500)}
+    reason = dominated_reason(mine, refs, NAMES, DIRS, margin=0.05)
+    assert reason.startswith("dominated at epoch 2 by trial 7 by margin 0.05") and "val_top1 0.9 vs 0.5" in reason
+    assert dominated_reason(mine, {3: refs[3]}, NAMES, DIRS, margin=0.05) is None  # better, not by 5%
+    assert dominated_reason(mine, {3: refs[3]}, NAMES, DIRS, margin=0.0) is not None
+
+
+def test_stopper_checks_only_its_epochs_against_completed_records():
+    completed = {0: [rec(1, 0.3, 100, 100), rec(2, 0.9, 10, 150), rec(3, 0.95, 10, 160)]}
+    stopper = DominatedTrialStopper(NAMES, DIRS, epochs=[2], margin=0.05, completed=completed)
+    assert stopper.on_epoch_end(rec(1, 0.1, 100, 100)) is None  # far worse, but epoch 1 is not checked
+    reason = stopper.on_epoch_end(rec(2, 0.5, 100, 200))
+    assert reason and "trial 0" in reason and stopper.reason == reason
+    good = DominatedTrialStopper(NAMES, DIRS, epochs=[2], margin=0.05, completed=completed)
+    assert good.on_epoch_end(rec(2, 0.92, 10, 150)) is None  # better accuracy: not dominated
+    alone = DominatedTrialStopper(NAMES, DIRS, epochs=[2], margin=0.05, completed={})
+    assert alone.on_epoch_end(rec(2, 0.0, 1e9, 1e9)) is None  # nothing completed: nothing to compare
+
+
+def test_layer_curves_from_a_summary():
+    summary = {"epochs": [{"epoch": 1, "densities": {"a": 0.5, "b": 0.25}, "widths": {"a": 8, "b": 16}},
+                          {"epoch": 2, "densities": {"a": 0.6, "b": 0.3}, "widths": {"a": 4, "b": 8}}],
+               "prune_events": [{"epoch": 1}]}
+    curves = layer_curves(summary)
+    assert curves.epochs == [1, 2] and curves.prune_epochs == [1]
+    assert curves.density == {"a": [0.5, 0.6], "b": [0.25, 0.3]}
+    assert curves.width == {"a": [8.0, 4.0], "b": [16.0, 8.0]}
+
+
+def test_direction_typos_are_errors():
+    with pytest.raises(ValueError, match="neither maximize nor minimize"):
+        dominates((1,), (0,), ("max",))
+
+
+def test_pareto_trials_keep_complete_feasible_trials_only():
+    from types import SimpleNamespace as T
+
+    def trial(number, state, values, constraint=None):
+        return T(number=number, state=T(name=state), values=values, user_attrs={},
+                 constraints={} if constraint is None else {"accuracy_drop": constraint})
+
+    trials = [trial(0, "COMPLETE", (0.9, 100, 1000), -0.02),  # the baseline
+              trial(1, "COMPLETE", (0.5, 10, 100), 0.38),  # best costs, but infeasible
+              trial(2, "COMPLETE", (0.89, 50, 800), -0.01),
+              trial(3, "PRUNED", None), trial(4, "FAIL", None),
+              trial(5, "COMPLETE", (0.88, 60, 900), 0.0)]  # dominated by 2; a zero constraint is feasible
+    assert [t.number for t in pareto_trials(trials, DIRS)] == [0, 2]

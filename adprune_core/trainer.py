@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +41,14 @@ from adprune_core.errors import ConfigError
 from adprune_core.export import save_model
 from adprune_core.graph import ModelGraph, analyse, prepare_model
 from adprune_core.models import build_model
-from adprune_core.surgery import filter_l1_norms, prune_groups, reinitialize, restore_momentum, stash_momentum
+from adprune_core.surgery import (
+    filter_l1_norms,
+    prune_groups,
+    reinitialize,
+    restore_momentum,
+    shrink_to_widths,
+    stash_momentum,
+)
 
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
@@ -120,9 +127,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
-          data: ImageData | None = None) -> TrainResult:
+          data: ImageData | None = None, init_widths: Mapping[str, int] | None = None) -> TrainResult:
     """Train ``cfg``'s network with density pruning; write ``summary.json`` and the network to
-    ``out_dir`` when given. ``data`` may be passed to reuse an already loaded dataset."""
+    ``out_dir`` when given. ``data`` may be passed to reuse an already loaded dataset.
+
+    ``init_widths`` (group -> channels, as in a saved network's ``model.json``) starts training from
+    that smaller architecture, freshly initialised: the "scratch" control of a pruned network.
+    ``params_dense``/``flops_dense`` still describe the dense network of ``cfg.model``."""
     device = resolve_device(cfg.train.device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -133,8 +144,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
 
     model = prepare_model(build_model(cfg.model, data.num_classes, data.image_shape)).to(device)
     example = torch.zeros(1, *data.image_shape, device=device)
+    dense = {"params": costs.count_params(model), "flops": costs.inference_flops(model, data.image_shape)}
+    if init_widths:
+        shrink_to_widths(model, init_widths, example)
+        reinitialize(model)
     state = _new_state(model, cfg, data, example, optimizer=None)
-    dense = {"params": state.params, "flops": state.flops}
     loader = DeviceLoader(data.train_images, data.train_labels, batch_size=cfg.train.batch_size,
                           device=device, mean=data.mean, std=data.std, train=True,
                           augment=cfg.data.augment, crop_padding=cfg.data.crop_padding,
@@ -146,7 +160,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                           "training images; use a smaller batch")
 
     summary: dict[str, Any] = {"config": config_to_dict(cfg), "dataset": _describe(data),
-                               "device": str(device), "epochs": [], "prune_events": [], "final": {}}
+                               "device": str(device), "init_widths": dict(init_widths or {}),
+                               "epochs": [], "prune_events": [], "final": {}}
     status, stop_reason = "completed", None
     bar = tqdm(total=cfg.train.epochs * len(loader), unit="step", dynamic_ncols=True,
                disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")

@@ -144,3 +144,13 @@ def test_learning_rate_schedules():
     assert [round(learning_rate(step, t), 6) for t in (0, 4.9, 5, 7.5)] == [0.1, 0.1, 0.01, 0.001]
     warm = load_config(None, ["train.epochs=10", "train.warmup_epochs=2", "train.lr_schedule=constant"]).train
     assert learning_rate(warm, 1) == pytest.approx(0.1 * 1.001 / 2) and learning_rate(warm, 3) == 0.1
+
+
+def test_init_widths_trains_the_given_architecture_from_scratch(smoke):
+    _, result, out = smoke
+    widths = json.loads((out / "model" / "model.json").read_text())["group_widths"]
+    cfg = _cfg("train.epochs=1", "prune.schedule=none", "model.name=vgg11", "model.width_mult=0.25")
+    control = train(cfg, init_widths=widths).summary
+    assert control["final"]["params"] == result.summary["final"]["params"]
+    assert control["final"]["params_dense"] == result.summary["final"]["params_dense"]
+    assert control["epochs"][0]["widths"] == result.summary["epochs"][-1]["widths"]

@@ -84,6 +84,9 @@ class TrainConfig:
     device: str = _opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on capable GPUs), bf16, off",
                     choices=("auto", "bf16", "off"))
+    channels_last: str = _opt("auto", "NHWC memory layout: auto (on for CUDA), on, off", choices=("auto", "on", "off"))
+    compile: bool = _opt(False, "torch.compile the network (re-compiled after every prune)")
+    cudnn_benchmark: bool = _opt(True, "let cuDNN autotune convolution algorithms (CUDA only)")
     progress: bool = _opt(True, "show a progress bar")
 
 
@@ -181,6 +184,9 @@ def _build_section(cls: type, section: str, raw: Any) -> Any:
     values = {}
     for name, value in raw.items():
         key = f"{section}.{name}"
+        choices = fields[name].metadata.get("choices") or ()
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
         coerced = _coerce(key, value, hints[name])
         _check_range(key, coerced, fields[name].metadata)
         values[name] = coerced

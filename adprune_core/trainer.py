@@ -75,6 +75,7 @@ class _State:
     """What the loop carries from epoch to epoch."""
 
     model: nn.Module
+    forward: nn.Module  # ``model``, or its torch.compile'd wrapper (same parameters)
     graph: ModelGraph
     optimizer: torch.optim.Optimizer
     meter: DensityMeter
@@ -106,6 +107,11 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def uses_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """NHWC layout: ``on``, or ``auto`` on CUDA (tensor cores prefer it; CPUs gain little)."""
+    return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
 
 
 def learning_rate(cfg: TrainConfig, t: float) -> float:
@@ -141,6 +147,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     data = data or load_dataset(cfg.data)
     torch.manual_seed(cfg.train.seed)
     amp_dtype = autocast_dtype(cfg.train, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
     model = prepare_model(build_model(cfg.model, data.num_classes, data.image_shape)).to(device)
     example = torch.zeros(1, *data.image_shape, device=device)
@@ -169,7 +177,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
         for epoch in range(1, cfg.train.epochs + 1):
             started = time.perf_counter()
             train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
-            val_top1 = evaluate(state.model, val_loader, amp_dtype)
+            val_top1 = evaluate(state.forward, val_loader, amp_dtype,
+                                channels_last=uses_channels_last(cfg.train, device))
             counts = state.meter.read()
             densities = _layer_densities(state.graph, counts)
             state.density_history.append(densities)
@@ -219,7 +228,14 @@ def _new_state(model: nn.Module, cfg: Config, data: ImageData, example: torch.Te
                optimizer: torch.optim.Optimizer | None, base: _State | None = None) -> _State:
     """Analyse the (possibly just cut) network and measure its costs; reuse ``base``'s counters."""
     graph = analyse(model, example)
-    state = _State(model=model, graph=graph, optimizer=optimizer or build_optimizer(model, cfg.train),
+    if uses_channels_last(cfg.train, example.device):
+        model.to(memory_format=torch.channels_last)  # in place: the optimizer's parameters stay the same objects
+    forward = model
+    if cfg.train.compile:
+        torch._dynamo.reset()  # drop the previous architecture's compiled graphs and their memory
+        forward = torch.compile(model)
+    state = _State(model=model, forward=forward, graph=graph,
+                   optimizer=optimizer or build_optimizer(model, cfg.train),
                    meter=DensityMeter(model, graph.activations), params=costs.count_params(model),
                    flops=costs.inference_flops(model, data.image_shape),
                    train_flops_per_image=costs.training_flops(model, data.image_shape))
@@ -232,7 +248,8 @@ def _new_state(model: nn.Module, cfg: Config, data: ImageData, example: torch.Te
 def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: int,
                  amp_dtype: torch.dtype | None, bar: tqdm) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, top-1). One host sync, at the end."""
-    model, optimizer = state.model, state.optimizer
+    model, forward, optimizer = state.model, state.forward, state.optimizer
+    layout = torch.channels_last if uses_channels_last(cfg, next(model.parameters()).device) else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
@@ -247,7 +264,7 @@ def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: i
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)
+                logits = forward(x if layout is None else x.contiguous(memory_format=layout))
             loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -262,7 +279,8 @@ def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: i
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None) -> float:
+def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> float:
     """Top-1 accuracy (a fraction) of ``model`` in eval mode over ``loader``."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -270,6 +288,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | No
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in loader:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             correct += (model(x).argmax(1) == y).sum()
     model.train(was_training)
     return int(correct) / max(loader.num_samples, 1)
@@ -330,7 +350,7 @@ def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, Channe
     new = _new_state(candidate, cfg, data, example, optimizer, base=state)
     new.rounds += 1
     new.last_prune_epoch = epoch
-    for name in ("model", "graph", "optimizer", "meter", "params", "flops", "train_flops_per_image",
+    for name in ("model", "forward", "graph", "optimizer", "meter", "params", "flops", "train_flops_per_image",
                  "rounds", "last_prune_epoch"):
         setattr(state, name, getattr(new, name))
     return {"epoch": epoch, "densities": densities, "widths_before": widths_before,

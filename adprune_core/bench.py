@@ -8,6 +8,11 @@
    flip) against a torchvision ``DataLoader`` with PIL transforms on the same images.
 3. Dense vs pruned: training throughput of dense VGG-19 and of the same network cut to 30% of
    every layer's width (about what activation-density pruning reaches in its first rounds).
+4. Achieved FLOP/s: dense VGG-19 and ResNet-18 training at CIFAR (32x32) and TinyImageNet (64x64,
+   200 classes) shapes, as images/s x measured training FLOPs per image, and as a fraction of the
+   device's matrix-multiply rate measured in the same run (bf16 on a GPU, fp32 on a CPU).
+5. Concurrent pruned trials: 1, 2 and 4 processes each training a pruned VGG-19 on the same device;
+   their summed throughput against one alone (on a CPU, each gets cores / k threads).
 
 Each device's results replace that device's section of the output file; other sections stay.
 """
@@ -26,13 +31,13 @@ import torch
 from torch import nn
 
 from adprune_core.config import ModelConfig, TrainConfig
-from adprune_core.costs import count_params
+from adprune_core.costs import count_params, training_flops
 from adprune_core.data import DeviceLoader
 from adprune_core.density import DensityMeter
 from adprune_core.graph import analyse, prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import prune_groups
-from adprune_core.trainer import autocast_dtype, build_optimizer, resolve_device
+from adprune_core.trainer import autocast_dtype, build_optimizer, resolve_device, uses_channels_last
 
 SHAPE = (3, 32, 32)
 
@@ -48,11 +53,12 @@ def _images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.randint(0, 10, (n,), generator=g)
 
 
-def _model(name: str, device: torch.device, keep: float = 1.0) -> nn.Module:
+def _model(name: str, device: torch.device, keep: float = 1.0, shape: tuple[int, int, int] = SHAPE,
+           classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
-    model = prepare_model(build_model(ModelConfig(name=name), 10, SHAPE)).to(device)
+    model = prepare_model(build_model(ModelConfig(name=name), classes, shape)).to(device)
     if keep < 1.0:
-        example = torch.zeros(1, *SHAPE, device=device)
+        example = torch.zeros(1, *shape, device=device)
         graph = analyse(model, example)
         widths = {g.name: list(range(max(1, round(g.width * keep)))) for g in graph.groups}
         prune_groups(model, widths, example)
@@ -60,8 +66,12 @@ def _model(name: str, device: torch.device, keep: float = 1.0) -> nn.Module:
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None):
+    """One training step as the trainer runs it (autocast, NHWC on CUDA), on a fixed batch."""
     opt = build_optimizer(model, TrainConfig())
     loss_fn = nn.CrossEntropyLoss()
+    if uses_channels_last(TrainConfig(), x.device):
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -162,7 +172,73 @@ def dense_vs_pruned(name: str, device: torch.device, batch: int, steps: int, kee
     return {"model": name, "keep": keep, **rows}
 
 
-def render(device: torch.device, command: str, overhead: list[dict], pipe: dict, pruned: list[dict]) -> str:
+def matmul_rate(device: torch.device) -> dict:
+    """The device's dense matrix-multiply rate (FLOP/s): bf16 8192^3 on a GPU, fp32 2048^3 on a CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    seconds = _time(lambda: a @ b, device, 10)
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "flops_per_s": 2 * n**3 / seconds}
+
+
+def dense_throughput(name: str, shape: tuple[int, int, int], classes: int, device: torch.device, batch: int,
+                     steps: int, rounds: int) -> dict:
+    """Training images/s of a dense network and the FLOP/s that achieves (measured FLOPs per image)."""
+    model = _model(name, device, shape=shape, classes=classes)
+    per_image = training_flops(model, shape)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    step = _step_fn(model, x, y, autocast_dtype(TrainConfig(), device))
+    for _ in range(3):
+        step()
+    seconds = statistics.median(_time(step, device, steps) for _ in range(rounds))
+    images_per_s = batch / seconds
+    return {"model": name, "shape": "x".join(map(str, shape[1:])), "classes": classes, "batch": batch,
+            "images_per_s": images_per_s, "flops_per_s": images_per_s * per_image}
+
+
+def _concurrent_worker(rank: int, k: int, device: str, batch: int, steps: int, threads: int, barrier, results) -> None:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = _model("vgg19", dev, keep=0.3)
+    x = torch.randn(batch, *SHAPE, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    step = _step_fn(model, x, y, autocast_dtype(TrainConfig(), dev))
+    for _ in range(3):
+        step()
+    _sync(dev)
+    barrier.wait()
+    results[rank] = _time(step, dev, steps)
+
+
+def concurrent_trials(device: torch.device, batch: int, steps: int, ks: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    """Summed training throughput of k processes, each with its own pruned VGG-19, on one device."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    cores = torch.get_num_threads()
+    rows = []
+    for k in ks:
+        barrier, manager = ctx.Barrier(k), ctx.Manager()
+        results = manager.dict()
+        threads = 1 if device.type == "cuda" else max(1, cores // k)
+        procs = [ctx.Process(target=_concurrent_worker, args=(r, k, str(device), batch, steps, threads, barrier,
+                                                              results)) for r in range(k)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        if len(results) != k:
+            raise RuntimeError(f"{k - len(results)} of {k} benchmark workers failed")
+        rows.append({"k": k, "threads": threads, "images_per_s": sum(batch / t for t in results.values())})
+        manager.shutdown()
+    return rows
+
+
+def render(device: torch.device, command: str, overhead: list[dict], pipe: dict, pruned: list[dict],
+           peak: dict, dense: list[dict], concurrent: list[dict]) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -189,6 +265,18 @@ def render(device: torch.device, command: str, overhead: list[dict], pipe: dict,
         speedup = p["images_per_s"] / d["images_per_s"]
         lines.append(f"| {r['model']} | {r['keep']:.0%} | {d['params'] / 1e6:.2f}M | {p['params'] / 1e6:.2f}M | "
                      f"{d['images_per_s']:,.0f} | {p['images_per_s']:,.0f} | {speedup:.1f}x |")
+    lines += ["", f"### Achieved FLOP/s, dense training (matrix-multiply rate measured in this run: "
+              f"{peak['flops_per_s'] / 1e12:.2f} TFLOP/s, {peak['dtype']} {peak['n']}^3)", "",
+              "| model | input | classes | batch | images/s | achieved TFLOP/s | of matmul rate |",
+              "|---|---|---|---|---|---|---|"]
+    for r in dense:
+        lines.append(f"| {r['model']} | {r['shape']} | {r['classes']} | {r['batch']} | {r['images_per_s']:,.0f} | "
+                     f"{r['flops_per_s'] / 1e12:.3f} | {r['flops_per_s'] / peak['flops_per_s']:.0%} |")
+    lines += ["", "### Concurrent pruned trials on one device (VGG-19 cut to 30% width, one process each)", "",
+              "| processes | threads each | summed images/s | vs one |", "|---|---|---|---|"]
+    for r in concurrent:
+        lines.append(f"| {r['k']} | {r['threads']} | {r['images_per_s']:,.0f} | "
+                     f"{r['images_per_s'] / concurrent[0]['images_per_s']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -226,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     overhead = [density_overhead(m, device, batch, steps, rounds) for m in ("vgg19", "resnet18")]
     pipe = input_pipeline(device, 10_000 if gpu else 4_000, 128, workers=min(4, torch.get_num_threads()))
     pruned = [dense_vs_pruned("vgg19", device, batch, steps, keep=0.3)]
-    body = render(device, command, overhead, pipe, pruned)
+    peak = matmul_rate(device)
+    dense = [dense_throughput(m, shape, classes, device, batch, steps, rounds)
+             for m in ("vgg19", "resnet18") for shape, classes in (((3, 32, 32), 10), ((3, 64, 64), 200))]
+    concurrent = concurrent_trials(device, batch, steps)
+    body = render(device, command, overhead, pipe, pruned, peak, dense, concurrent)
     print(body)
     write_section(Path(args.out), "gpu" if gpu else "cpu", body)
     print(f"wrote {args.out}", file=sys.stderr)

@@ -19,7 +19,7 @@ SEED     ?=
 RUNS_DIR ?= runs
 PORT     ?= 5000
 
-.PHONY: install test test-slow lint train study ui bench clean
+.PHONY: install test test-slow lint train study ui report pick control bench clean
 
 install: $(STAMP)
 
@@ -30,14 +30,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install  ## the fast CPU suite (about 5 minutes on 2 cores)
-	$(PY) -m ruff check adprune_core study tests
+	$(PY) -m ruff check adprune_core study reports tests
 	$(PY) -m pytest -q
 
 test-slow: install  ## every test, the ones marked slow included
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: install
-	$(PY) -m ruff check adprune_core study tests
+	$(PY) -m ruff check adprune_core study reports tests
 
 train: install  ## make train [CONFIG=configs/smoke.yaml] [OUT=dir] [SET="train.epochs=3 data.name=cifar10"]
 	$(VENV)/bin/adprune train --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
@@ -49,6 +49,17 @@ study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|i
 
 ui: install  ## the MLflow UI for $(RUNS_DIR) on http://127.0.0.1:$(PORT)
 	$(VENV)/bin/adprune ui --runs-dir $(RUNS_DIR) --port $(PORT)
+
+report: install  ## make report [STUDY=name] [RUNS_DIR=runs]: runs/reports/<study>/{index.html,summary.md,trials.csv,pareto.csv}
+	$(VENV)/bin/adprune report --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY))
+
+pick: install  ## make pick STUDY=name (TRIAL=n | KNEE=1) [OUT=dir]: register and export one trial's pruned network
+	$(VENV)/bin/adprune pick --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY)) $(if $(TRIAL),--trial $(TRIAL)) \
+		$(if $(KNEE),--knee) $(if $(OUT),--out $(OUT))
+
+control: install  ## make control STUDY=name TRIAL=n [UNIFORM=1]: retrain the pick's architecture from scratch
+	$(VENV)/bin/adprune control --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY)) $(if $(TRIAL),--trial $(TRIAL)) \
+		$(if $(UNIFORM),--uniform)
 
 bench: install  ## side-by-side speed figures, written to docs/benchmarks.md
 	$(PY) -m adprune_core.bench --out docs/benchmarks.md

@@ -19,3 +19,24 @@ def kill_channels(bn: nn.BatchNorm2d, channels) -> None:
         for c in channels:
             bn.weight[c] = 0.0
             bn.bias[c] = -10.0
+
+
+# A tiny study (synthetic data, a narrow VGG-11, 3 epochs): real trials in seconds.
+EPOCHS = 3
+TINY = {
+    "base": {"data": {"name": "synthetic", "train_size": 256, "val_size": 128},
+             "model": {"name": "vgg11", "width_mult": 0.125},
+             "train": {"batch_size": 64, "lr": 0.05, "progress": False, "device": "cpu"},
+             "prune": {"schedule": "saturation"}},
+    "fixed": {"train.epochs": EPOCHS},
+    "space": {"prune.schedule": {"type": "categorical", "choices": ["fixed", "interval"]},
+              "prune.first_frac": {"type": "float", "low": 0.2, "high": 0.5},
+              "prune.rounds": {"type": "int", "low": 1, "high": 2},
+              "prune.width_scale": {"type": "float", "low": 0.8, "high": 1.2},
+              "prune.select": {"type": "categorical", "choices": ["density", "l1", "random"]}},
+    "objectives": [{"name": "val_top1", "direction": "maximize"}, {"name": "flops", "direction": "minimize"},
+                   {"name": "train_flops_cum", "direction": "minimize"}],
+    "sampler": {"name": "tpe", "seed": 7},
+    "constraints": {"max_accuracy_drop": 1.0},
+}
+

@@ -1,0 +1,261 @@
+"""Read a study for its report: the Optuna study and its MLflow runs, into plain objects and pandas.
+
+Layout read (``study/runner.py``, ``study/tracking.py``): ``<runs>/optuna.db`` (Optuna, every study by
+name; the study's user attrs ``objectives`` = ["val_top1 (maximize)", ...] and
+``mlflow_parent_run_id``), ``<runs>/mlflow.db`` (one experiment per study, named after it: the
+parent run, a child run per trial, control runs tagged ``adprune.role=control``), the trainer output
+``summary.json`` in each trial's ``out_dir`` (trial user attr), and the picks: registered model
+``adprune-<study>`` (``registered_model_name``) with aliases ``trial-<n>``.
+
+Nothing here writes to either store (a missing store file is reported, never created).
+User errors (no storage, unknown study, ambiguous study) raise ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from adprune_core.errors import ConfigError
+from reports.pareto import CONTROL_KINDS, METRICS, ControlInput, TrialInput
+
+DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
+_PICK_ALIAS = re.compile(r"^trial-(\d+)$")
+
+
+def optuna_path(runs_dir: str | Path) -> Path:
+    return Path(runs_dir) / "optuna.db"
+
+
+def mlflow_path(runs_dir: str | Path) -> Path:
+    return Path(runs_dir) / "mlflow.db"
+
+
+def study_names(runs_dir: str | Path) -> list[str]:
+    """The names of the studies in ``<runs_dir>/optuna.db``, sorted; ConfigError when it does not exist."""
+    import optuna
+
+    from study.runner import optuna_uri
+
+    path = optuna_path(runs_dir)
+    if not path.is_file():
+        raise ConfigError(f"no Optuna storage at {path}; run a study first (make study) or pass --runs-dir "
+                          "(make report RUNS_DIR=...)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return sorted(optuna.get_all_study_names(optuna_uri(runs_dir)))
+
+
+def resolve_study(runs_dir: str | Path, name: str | None) -> str:
+    """``name`` when the storage holds it; without a name, the storage's only study.
+
+    ConfigError names the known studies when ``name`` is unknown, or when there are several and no name.
+    """
+    names = study_names(runs_dir)
+    where = optuna_path(runs_dir)
+    if not names:
+        raise ConfigError(f"no studies in {where}; run one first (make study)")
+    if name is None:
+        if len(names) == 1:
+            return names[0]
+        raise ConfigError(f"{where} holds {len(names)} studies ({', '.join(names)}); pick one with --study NAME "
+                          "(make report STUDY=NAME)")
+    if name not in names:
+        raise ConfigError(f"unknown study {name!r} in {where}; known: {', '.join(names)}")
+    return name
+
+
+def run_url(base_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The MLflow UI page of a run: ``<base>/#/experiments/<experiment id>/runs/<run id>``."""
+    if not experiment_id or not run_id:
+        return None
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+@dataclass
+class StudyData:
+    """A study as read from both stores. ``runs``: one row per MLflow run of the study's experiment
+    (columns ``run_id``, ``run_name``, ``status``, ``start_time``, ``tags.<key>``, ``metrics.<key>``;
+    empty without an MLflow store)."""
+
+    name: str
+    runs_dir: Path
+    names: tuple[str, ...]
+    directions: tuple[str, ...]
+    trials: list[Any]  # optuna FrozenTrials, by number
+    runs: pd.DataFrame
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    picked: set[int] = field(default_factory=set)
+    mlflow_url: str = DEFAULT_MLFLOW_URL
+    notes: list[str] = field(default_factory=list)  # what could not be read, for the report
+    client: Any = None  # the MlflowClient of the store, None without one
+
+    def url(self, run_id: str | None) -> str | None:
+        return run_url(self.mlflow_url, self.experiment_id, run_id) if run_id in self.run_ids else None
+
+    @property
+    def run_ids(self) -> set[str]:
+        return set(self.runs["run_id"]) if len(self.runs) else set()
+
+
+def load_study_data(runs_dir: str | Path, name: str | None = None,
+                    mlflow_url: str = DEFAULT_MLFLOW_URL) -> StudyData:
+    """Read study ``name`` (see ``resolve_study``) and its MLflow runs from ``runs_dir``."""
+    import optuna
+
+    from study.runner import optuna_uri
+
+    runs_dir = Path(runs_dir)
+    name = resolve_study(runs_dir, name)
+    study = optuna.load_study(study_name=name, storage=optuna_uri(runs_dir))
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    if not trials:
+        raise ConfigError(f"study {name!r} in {optuna_path(runs_dir)} has no trials yet; run it (make study)")
+    directions = tuple(d.name.lower() for d in study.directions)
+    data = StudyData(name=name, runs_dir=runs_dir, names=objective_names(study.user_attrs, len(directions), name),
+                     directions=directions, trials=trials, runs=pd.DataFrame(columns=["run_id"]),
+                     parent_run_id=study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
+    if not mlflow_path(runs_dir).is_file():
+        data.notes.append(f"no MLflow store at {mlflow_path(runs_dir)}: no links, controls or picks")
+        return data
+    data.client = client = mlflow_client(runs_dir)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        data.notes.append(f"no MLflow experiment {name!r} in {mlflow_path(runs_dir)}: no links, controls or picks")
+        return data
+    data.experiment_id = exp.experiment_id
+    data.runs = runs_frame(client, exp.experiment_id)
+    data.picked = picked_trials(client, name)
+    return data
+
+
+def objective_names(user_attrs: dict[str, Any], n: int, study: str) -> tuple[str, ...]:
+    """From the study's user attr ``objectives`` (["val_top1 (maximize)", ...])."""
+    stored = user_attrs.get("objectives") or []
+    names = tuple(str(s).split(" (")[0] for s in stored)
+    if len(names) != n or not set(names) <= set(METRICS):
+        raise ConfigError(f"study {study!r} records objectives {stored!r}, not {n} of {', '.join(METRICS)}; "
+                          "it was not made by adprune study, which the report needs")
+    return names
+
+
+def mlflow_client(runs_dir: str | Path) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    from study.tracking import tracking_uri
+
+    for logger in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=tracking_uri(runs_dir))
+
+
+def runs_frame(client: Any, experiment_id: str) -> pd.DataFrame:
+    """Every (active) run of the experiment as a row, like ``mlflow.search_runs`` but on our client."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for r in page:
+            row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                   "start_time": r.info.start_time, "artifact_uri": r.info.artifact_uri}
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows, columns=None if rows else ["run_id"])
+
+
+def registered_model_name(study: str) -> str:
+    """The registered model of a study's picks: ``adprune-<study>``, characters other than letters, digits,
+    ``_ . -`` turned into ``-`` (the rule of ``reports.pick.registered_model_name``, not imported: it pulls torch)."""
+    return "adprune-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.") or "study")
+
+
+def picked_trials(client: Any, study: str) -> set[int]:
+    """Trial numbers with an alias ``trial-<n>`` on the study's registered model (empty if none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(registered_model_name(study))
+    except MlflowException:
+        return set()
+    return {int(m.group(1)) for alias in (model.aliases or {}) if (m := _PICK_ALIAS.match(alias))}
+
+
+# --- into the analysis's inputs ----------------------------------------------------------------------
+
+def trial_inputs(data: StudyData) -> list[TrialInput]:
+    """Every trial as ``reports.pareto.TrialInput``: final metrics from the user attr ``final``."""
+    from study.pareto import feasible
+
+    out = []
+    for t in data.trials:
+        attrs = t.user_attrs
+        final = attrs.get("final") or {}
+        run_id = attrs.get("mlflow_run_id")
+        out.append(TrialInput(
+            number=t.number, state=t.state.name, baseline=bool(attrs.get("baseline")),
+            values=tuple(t.values) if t.values else None,
+            metrics={m: final[m] for m in METRICS if m in final}, params=dict(t.params), feasible=feasible(t),
+            stop_reason=attrs.get("stop_reason"), fail_reason=attrs.get("fail_reason"), run_id=run_id,
+            url=data.url(run_id), picked=t.number in data.picked))
+    return out
+
+
+def control_inputs(data: StudyData) -> list[ControlInput]:
+    """Control runs (tag ``adprune.role=control``) with ``final/<metric>`` metrics, oldest first."""
+    if "tags.adprune.role" not in data.runs:
+        return []
+    runs = data.runs[data.runs["tags.adprune.role"] == "control"].sort_values("start_time")
+    out = []
+    for _, r in runs.iterrows():
+        of, kind = r.get("tags.adprune.control_of"), r.get("tags.adprune.control_kind")
+        if not isinstance(of, str) or not of.strip().isdigit() or not isinstance(kind, str):
+            data.notes.append(f"control run {r['run_id']} lacks the tags adprune.control_of / adprune.control_kind; "
+                              "left out")
+            continue
+        metrics = {m: float(r[f"metrics.final/{m}"]) for m in METRICS
+                   if f"metrics.final/{m}" in r and pd.notna(r[f"metrics.final/{m}"])}
+        if kind not in CONTROL_KINDS:
+            data.notes.append(f"control run {r['run_id']} has kind {kind!r}, not one of {', '.join(CONTROL_KINDS)}")
+        out.append(ControlInput(int(of), kind, metrics, r["run_id"], data.url(r["run_id"])))
+    return out
+
+
+# --- one trial's history -----------------------------------------------------------------------------
+
+def trial_history(data: StudyData, trial: Any) -> tuple[list[dict[str, Any]], list[int], str]:
+    """A trial's per-epoch records (``epoch``, ``widths``, ``densities``), its prune epochs, and where they
+    were read: the ``summary.json`` in its ``out_dir`` (as stored, else under ``<runs>/studies/<study>/``),
+    else its MLflow run's ``width/<layer>`` and ``density/<layer>`` metrics; ([], [], "") if neither."""
+    out_dir = trial.user_attrs.get("out_dir")
+    if out_dir:
+        for path in (Path(out_dir) / "summary.json", data.runs_dir / "studies" / data.name / Path(out_dir).name
+                     / "summary.json"):
+            if path.is_file():
+                summary = json.loads(path.read_text())
+                return summary.get("epochs", []), [e["epoch"] for e in summary.get("prune_events", [])], str(path)
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if run_id and run_id in data.run_ids:
+        return _history_from_metrics(data.client, run_id)
+    return [], [], ""
+
+
+def _history_from_metrics(client: Any, run_id: str) -> tuple[list[dict[str, Any]], list[int], str]:
+    keys = list(client.get_run(run_id).data.metrics)
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for kind, field_name in (("width/", "widths"), ("density/", "densities")):
+        for key in (k for k in keys if k.startswith(kind)):
+            for m in client.get_metric_history(run_id, key):
+                rec = by_epoch.setdefault(int(m.step), {"epoch": int(m.step), "widths": {}, "densities": {}})
+                rec[field_name][key[len(kind):]] = m.value
+    prunes = sorted({int(m.step) for m in client.get_metric_history(run_id, "prune_round")}) \
+        if "prune_round" in keys else []
+    return [by_epoch[e] for e in sorted(by_epoch)], prunes, f"MLflow run {run_id} metrics"

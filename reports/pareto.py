@@ -1,0 +1,234 @@
+"""The report's analysis, as pure functions on plain values: compute -> small data object -> render.
+
+- ``pareto_mask``: which points are on the Pareto front, feasibility and NaN respected;
+- ``trial_rows``: every trial as a flat row, with its savings against the baseline and its controls;
+- ``views``: the 2-D views of the front (accuracy vs inference cost, accuracy vs training compute,
+  inference cost vs training compute) as lists of points;
+- ``layer_profile``: a trial's widths per layer before and after, and its densities over the epochs.
+
+Conventions (as in the trainer's ``summary.json``): accuracies are fractions in [0, 1]; ``params`` and
+``flops`` (inference FLOPs per image) describe the final network; ``train_flops_cum`` is the training
+FLOPs of the whole run. Against the baseline (the dense trial of the same study):
+``accuracy_change = val_top1 - baseline val_top1`` (a fraction; negative = lost accuracy),
+``compression_params = baseline params / params`` and ``compression_flops`` likewise (x, > 1 = smaller),
+``train_compute_reduction = baseline train_flops_cum / train_flops_cum`` (x, > 1 = cheaper to train).
+A control (``adprune control``) is compared with the trial it controls:
+``val_top1_gain_vs_<kind> = trial val_top1 - control val_top1`` (> 0: pruning in training paid).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from study.pareto import pareto_front
+
+ACCURACY = "val_top1"
+COST_METRICS = ("params", "flops", "train_flops_cum")
+METRICS = (ACCURACY, *COST_METRICS)
+CONTROL_KINDS = ("scratch", "uniform")
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def pareto_mask(points: Sequence[Sequence[float]], directions: Sequence[str],
+                feasible: Sequence[bool] | None = None) -> list[bool]:
+    """Whether each point is on the Pareto front of the eligible points, in input order.
+
+    Eligible: feasible (default: all) and every value finite. Ineligible points are never on the front
+    and dominate nothing. Equal points do not dominate each other, so duplicates on the front all stay
+    (Optuna's rule, ``study.pareto.pareto_front``).
+    """
+    feasible = [True] * len(points) if feasible is None else list(feasible)
+    if len(feasible) != len(points):
+        raise ValueError(f"{len(points)} points but {len(feasible)} feasibility flags")
+    eligible = [i for i, p in enumerate(points) if feasible[i] and all(finite(v) for v in p)]
+    on_front = {eligible[k] for k in pareto_front([points[i] for i in eligible], directions)}
+    return [i in on_front for i in range(len(points))]
+
+
+# --- trials as rows ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrialInput:
+    """What the report needs of one trial (``reports.load`` fills it from Optuna and MLflow).
+
+    ``metrics``: the trainer's final metrics (``val_top1``, ``params``, ``flops``, ``train_flops_cum``;
+    missing for trials that never ran); ``values``: the Optuna objective values (COMPLETE trials only).
+    """
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    baseline: bool = False
+    values: tuple[float, ...] | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    feasible: bool = True
+    stop_reason: str | None = None
+    fail_reason: str | None = None
+    run_id: str | None = None
+    url: str | None = None
+    picked: bool = False
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    """A control run (tag ``adprune.role=control``): trial ``control_of`` retrained as ``kind``."""
+
+    control_of: int
+    kind: str  # scratch | uniform
+    metrics: Mapping[str, float]
+    run_id: str
+    url: str | None = None
+
+
+def ratio(numerator: Any, denominator: Any) -> float:
+    """``numerator / denominator``, NaN when either is missing, not finite or the denominator is 0."""
+    if finite(numerator) and finite(denominator) and denominator != 0:
+        return numerator / denominator
+    return math.nan
+
+
+def baseline_of(trials: Sequence[TrialInput]) -> TrialInput | None:
+    """The last COMPLETE baseline trial (a study re-enqueues the baseline only when it failed)."""
+    done = [t for t in trials if t.baseline and t.state == "COMPLETE"]
+    return done[-1] if done else None
+
+
+def savings(metrics: Mapping[str, float], base: Mapping[str, float] | None) -> dict[str, float]:
+    """``accuracy_change``, ``compression_params``, ``compression_flops``, ``train_compute_reduction``."""
+    base = base or {}
+    acc, base_acc = metrics.get(ACCURACY), base.get(ACCURACY)
+    return {"accuracy_change": acc - base_acc if finite(acc) and finite(base_acc) else math.nan,
+            "compression_params": ratio(base.get("params"), metrics.get("params")),
+            "compression_flops": ratio(base.get("flops"), metrics.get("flops")),
+            "train_compute_reduction": ratio(base.get("train_flops_cum"), metrics.get("train_flops_cum"))}
+
+
+def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: Sequence[str],
+               controls: Sequence[ControlInput] = ()) -> list[dict[str, Any]]:
+    """Every trial as a flat row (the columns of ``trials.csv``), by trial number.
+
+    Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``pareto`` (on the front of the COMPLETE
+    feasible trials' objective values), the objective values under their names, the other final
+    metrics, the savings (module docstring; metrics and savings only for COMPLETE trials, a stopped
+    run's numbers being partial), ``search.<key>`` per searched key, ``stop_reason``,
+    ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, and per control kind present
+    ``<kind>_val_top1``, ``<kind>_flops``, ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>``,
+    ``<kind>_run_id``, ``<kind>_url`` (the latest control of that kind, when several).
+    """
+    trials = sorted(trials, key=lambda t: t.number)
+    base = baseline_of(trials)
+    points = [t.values if t.state == "COMPLETE" and t.values else [math.nan] * len(names) for t in trials]
+    on_front = pareto_mask(points, directions, [t.feasible for t in trials])
+    keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    kinds = [k for k in CONTROL_KINDS if any(c.kind == k for c in controls)]
+    kinds += sorted({c.kind for c in controls} - set(kinds))
+    latest = {(c.control_of, c.kind): c for c in controls}  # later controls replace earlier ones
+    rows = []
+    for t, point, pareto in zip(trials, points, on_front):
+        metrics = t.metrics if t.state == "COMPLETE" else {}  # a stopped run's numbers are partial
+        row: dict[str, Any] = {"number": t.number, "state": t.state, "baseline": t.baseline,
+                               "feasible": t.feasible, "pareto": pareto}
+        row.update(dict(zip(names, point)))
+        row.update({m: float(metrics[m]) if finite(metrics.get(m)) else math.nan for m in METRICS if m not in names})
+        row.update(savings(metrics, base.metrics if base else None))
+        row.update({f"search.{k}": t.params.get(k) for k in keys})
+        row.update({"stop_reason": t.stop_reason, "fail_reason": t.fail_reason, "picked": t.picked,
+                    "mlflow_run_id": t.run_id, "mlflow_url": t.url})
+        for kind in kinds:
+            c = latest.get((t.number, kind))
+            m = c.metrics if c else {}
+            row.update({f"{kind}_{metric}": float(m[metric]) if finite(m.get(metric)) else math.nan
+                        for metric in (ACCURACY, "flops", "train_flops_cum")})
+            acc, control_acc = metrics.get(ACCURACY), m.get(ACCURACY)
+            row[f"val_top1_gain_vs_{kind}"] = acc - control_acc if finite(acc) and finite(control_acc) else math.nan
+            row[f"{kind}_run_id"], row[f"{kind}_url"] = (c.run_id, c.url) if c else (None, None)
+        rows.append(row)
+    return rows
+
+
+# --- the 2-D views -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ViewPoint:
+    """One marker of a 2-D view: a COMPLETE trial or a control run."""
+
+    x: float
+    y: float
+    number: int  # the trial (for a control: the trial it controls)
+    pareto: bool = False  # on the (all-objective) Pareto front
+    baseline: bool = False
+    feasible: bool = True
+    control: str | None = None  # the control kind, None for a trial
+    run_id: str | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class View:
+    x: str  # metric name on the x axis
+    y: str
+    points: tuple[ViewPoint, ...]
+
+
+def view_axes(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The (x, y) metric pairs of the 2-D views: every pair of objectives, accuracy on y when present,
+    inference cost on y against training compute. For (val_top1, flops, train_flops_cum):
+    (flops, val_top1), (train_flops_cum, val_top1), (train_flops_cum, flops)."""
+    order = {ACCURACY: 0, "params": 1, "flops": 1, "train_flops_cum": 2}
+    ranked = sorted(names, key=lambda n: order.get(n, 3))
+    return [(ranked[j], ranked[i]) for i in range(len(ranked)) for j in range(i + 1, len(ranked))]
+
+
+def views(rows: Sequence[Mapping[str, Any]], names: Sequence[str],
+          controls: Sequence[ControlInput] = ()) -> list[View]:
+    """The 2-D views from ``trial_rows`` output: every COMPLETE trial whose two values are finite, and
+    every control run with both metrics (at its own metrics, numbered by the trial it controls)."""
+    out = []
+    for x, y in view_axes(names):
+        pts = [ViewPoint(float(r[x]), float(r[y]), r["number"], bool(r["pareto"]), bool(r["baseline"]),
+                         bool(r["feasible"]), None, r.get("mlflow_run_id"), r.get("mlflow_url"))
+               for r in rows if r["state"] == "COMPLETE" and finite(r.get(x)) and finite(r.get(y))]
+        pts += [ViewPoint(float(c.metrics[x]), float(c.metrics[y]), c.control_of, control=c.kind,
+                          run_id=c.run_id, url=c.url)
+                for c in controls if finite(c.metrics.get(x)) and finite(c.metrics.get(y))]
+        out.append(View(x, y, tuple(pts)))
+    return out
+
+
+# --- one trial's layers --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """A trial's layers: width trained in the first epoch (dense, for a pruning trial) and in the last
+    (final), channels; activation density per epoch (NaN where a layer was not measured)."""
+
+    number: int
+    layers: tuple[str, ...]
+    width_dense: tuple[int, ...]
+    width_final: tuple[int, ...]
+    epochs: tuple[int, ...]
+    density: Mapping[str, tuple[float, ...]]
+    prune_epochs: tuple[int, ...] = ()
+
+
+def layer_profile(number: int, epochs: Sequence[Mapping[str, Any]],
+                  prune_epochs: Sequence[int] = ()) -> LayerProfile | None:
+    """From per-epoch records (``summary.json``'s ``epochs``: ``epoch``, ``widths``, ``densities``);
+    None when there are none. A layer missing from the first or last record gets width 0."""
+    if not epochs:
+        return None
+    layers = tuple(dict.fromkeys(k for r in epochs for k in (*r.get("widths", {}), *r.get("densities", {}))))
+    first, last = epochs[0].get("widths", {}), epochs[-1].get("widths", {})
+    return LayerProfile(
+        number=number, layers=layers,
+        width_dense=tuple(int(first.get(k, 0)) for k in layers),
+        width_final=tuple(int(last.get(k, 0)) for k in layers),
+        epochs=tuple(int(r["epoch"]) for r in epochs),
+        density={k: tuple(float(r.get("densities", {}).get(k, math.nan)) for r in epochs) for k in layers},
+        prune_epochs=tuple(prune_epochs))

@@ -1,0 +1,345 @@
+"""Picking: register one trial's pruned network in the MLflow model registry and export it to a folder.
+
+A pick of COMPLETE trial n of study S (``adprune pick``):
+
+- **Registry.** In the study's MLflow store (``sqlite:///<runs>/mlflow.db``), the registered model
+  ``adprune-<S>`` (sanitised: characters other than letters, digits, ``_ . -`` become ``-``) gets a new
+  version per pick, and the alias ``trial-<n>`` points at the newest pick of trial n. The version's
+  source is the trial run's ``model/`` artifact (``model.safetensors`` + ``model.json``): pickle-free, so
+  no MLflow flavour (``mlflow.pytorch`` pickles the module); ``models:/adprune-S@trial-n`` downloads that
+  folder and ``adprune_core.export.load_model`` rebuilds it. The trial run is tagged ``adprune.pick``.
+- **Folder** (default ``<runs>/picks/<S>/trial-<n>/``): ``model.safetensors`` and ``model.json`` (copied
+  from the trial's trainer output, as ``adprune_core.export`` wrote them), ``config.yaml`` (the resolved
+  trainer config), ``metrics.json`` (``pick_metrics``, the registry entry, the ONNX outcome, the checks),
+  ``model.onnx`` where the export works, and ``README.md`` on loading it.
+- **Checks**, recorded in ``metrics.json``: the exported folder and the ``models:/`` URI both rebuild a
+  network whose outputs on a fixed input equal (``torch.equal``) those of the trial's own saved network.
+
+``--knee`` chooses the trial with ``reports.knee.find_knee`` over the study's Pareto trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from optuna.trial import FrozenTrial
+
+from adprune_core.config import config_from_dict
+from adprune_core.errors import ADPruneError
+from adprune_core.export import ARCH_FILE, WEIGHTS_FILE, load_model, read_architecture
+from reports.knee import FrontPoint, Knee, find_knee
+from reports.onnx_export import ONNX_FILE, export_onnx, fixed_input
+from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
+from study.tracking import tracking_uri
+
+MODEL_PREFIX = "adprune-"
+CONFIG_FILE, METRICS_FILE, README_FILE = "config.yaml", "metrics.json", "README.md"
+
+
+@dataclass
+class PickResult:
+    """What a pick did, for the command's printout and the tests."""
+
+    study: str
+    number: int
+    out_dir: Path
+    model_name: str
+    version: str
+    alias: str
+    source: str
+    metrics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    reason: str | None = None  # why --knee chose this trial
+
+
+def registered_model_name(study: str) -> str:
+    """``adprune-<study>`` with characters MLflow refuses (``/``, ``:``, spaces...) turned into ``-``."""
+    return MODEL_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.") or "study")
+
+
+def alias_name(number: int) -> str:
+    return f"trial-{number}"
+
+
+def default_out_dir(runs_dir: str | Path, study: str, number: int) -> Path:
+    return Path(runs_dir) / "picks" / registered_model_name(study)[len(MODEL_PREFIX):] / f"trial-{number}"
+
+
+# --- choosing ------------------------------------------------------------------------------------
+
+def knee_choice(view: StudyView) -> tuple[FrozenTrial, Knee]:
+    """The knee of the study's Pareto trials on val_top1 vs compression of the size it minimises."""
+    front = view.pareto
+    if not front:
+        raise ADPruneError(f"study {view.name!r} has no COMPLETE feasible trial, so no Pareto front to find a knee "
+                           "on; run more trials (make study) or pick one with --trial")
+    key = f"compression_{view.size_objective}"
+    points = [FrontPoint(t.number, float(t.user_attrs["final"]["val_top1"]), float(t.user_attrs["final"][key]))
+              for t in front]
+    knee = find_knee(points, key)
+    return next(t for t in front if t.number == knee.number), knee
+
+
+def choose_trial(view: StudyView, number: int | None, knee: bool) -> tuple[FrozenTrial, str | None]:
+    """Exactly one of ``number`` / ``knee``: the trial to pick and, for the knee, why."""
+    if (number is None) == (not knee):
+        raise ADPruneError("give exactly one of --trial N and --knee (make pick TRIAL=n or KNEE=1); "
+                           f"the Pareto trials of study {view.name!r}: {view.pareto_numbers()}")
+    if knee:
+        trial, found = knee_choice(view)
+        return trial, found.reason
+    return completed_trial(view, int(number)), None
+
+
+# --- what the pick records -----------------------------------------------------------------------
+
+def pick_metrics(final: Mapping[str, Any], baseline_final: Mapping[str, Any] | None,
+                 baseline_number: int | None = None) -> dict[str, Any]:
+    """The pick's numbers from the trial's and the baseline's ``summary.json`` ``final`` (pure).
+
+    ``accuracy_change`` = val_top1 - baseline val_top1 (a fraction; negative = less accurate);
+    ``train_compute_reduction`` = baseline train_flops_cum / train_flops_cum (x; > 1 = cheaper);
+    ``compression_params`` / ``compression_flops`` = dense / final (x), from the trainer. Without a
+    baseline the two baseline figures are None."""
+    keys = ("val_top1", "params", "flops", "train_flops_cum", "params_dense", "flops_dense", "compression_params",
+            "compression_flops", "prune_rounds", "epochs_run")
+    out: dict[str, Any] = {k: final.get(k) for k in keys}
+    if baseline_final is None:
+        out.update(baseline=None, accuracy_change=None, train_compute_reduction=None)
+        return out
+    out["baseline"] = {"trial": baseline_number, **{k: baseline_final.get(k) for k in
+                                                     ("val_top1", "params", "flops", "train_flops_cum")}}
+    out["accuracy_change"] = float(final["val_top1"]) - float(baseline_final["val_top1"])
+    cum = float(final["train_flops_cum"])
+    out["train_compute_reduction"] = float(baseline_final["train_flops_cum"]) / cum if cum > 0 else None
+    return out
+
+
+def input_description(config: Mapping[str, Any], image_shape: list[int]) -> dict[str, Any]:
+    """How to feed the network: shape and normalisation, read from the dataset (never downloaded).
+
+    Best effort: when the dataset cannot be opened here, mean and std are None and ``note`` says why."""
+    desc: dict[str, Any] = {"layout": "float32 [N, C, H, W]", "image_shape": list(image_shape),
+                            "scale": "pixels / 255", "mean": None, "std": None}
+    try:
+        from adprune_core.data import load_dataset
+
+        raw = {k: dict(v) for k, v in config.items()}
+        raw["data"]["download"] = False
+        data = load_dataset(config_from_dict(raw).data)
+        desc.update(mean=list(data.mean), std=list(data.std), classes=list(data.classes))
+    except (ADPruneError, OSError) as exc:
+        desc["note"] = f"dataset not available here, normalisation unknown ({exc})"
+    return desc
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+def mlflow_client(runs_dir: str | Path) -> Any:
+    """An MlflowClient on the study's SQLite store, tracking and registry alike."""
+    if not (Path(runs_dir) / "mlflow.db").is_file():
+        raise ADPruneError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'}; run a study first (make study) or "
+                           "pass its folder with --runs-dir")
+    import logging
+
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(runs_dir)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def register(client: Any, name: str, trial: FrozenTrial, study: str, out_dir: Path,
+             metrics: Mapping[str, Any]) -> tuple[Any, str]:
+    """A new version of ``name`` for ``trial``, alias ``trial-<n>``; returns (version, source)."""
+    from mlflow.exceptions import MlflowException
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    source = None
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+            if any(Path(a.path).name == ARCH_FILE for a in client.list_artifacts(run_id, "model")):
+                source = f"{run.info.artifact_uri.rstrip('/')}/model"
+        except MlflowException:
+            run_id = None  # the run is gone: register the exported folder instead
+    if source is None:
+        source, run_id = out_dir.resolve().as_uri(), None
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags={"adprune.study": study}, description=(
+            f"ADPrune picks of study {study!r}: pruned networks as model.safetensors + model.json, pickle-free; "
+            "rebuild with adprune_core.export.load_model. Alias trial-<n> = the newest pick of trial n."))
+    tags = {"adprune.study": study, "adprune.trial": str(trial.number), "adprune.export_dir": str(out_dir.resolve())}
+    tags.update({f"adprune.{k}": f"{metrics[k]:.6g}" for k in ("val_top1", "compression_params", "compression_flops",
+                                                                "accuracy_change") if metrics.get(k) is not None})
+    version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=(
+        f"trial {trial.number} of study {study!r}: val_top1 {metrics['val_top1']:.4f}, "
+        f"compression_flops {metrics['compression_flops']:.2f}x"))
+    client.set_registered_model_alias(name, alias_name(trial.number), version.version)
+    if run_id:
+        client.set_tag(run_id, "adprune.pick", f"{name}/{version.version}")
+    return version, source
+
+
+@contextlib.contextmanager
+def _mlflow_env(uri: str) -> Iterator[None]:
+    """Point MLflow's tracking and registry at ``uri`` and turn off download bars, for this block only.
+
+    ``download_artifacts(..., registry_uri=...)`` is not honoured for ``models:/`` URIs (MLflow 3.17 resolves
+    the alias with a default client), so the environment carries the URI."""
+    values = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def download_registered(runs_dir: str | Path, name: str, alias: str, dst: Path) -> Path:
+    """The folder behind ``models:/<name>@<alias>`` in the study's registry, downloaded to ``dst``."""
+    import mlflow
+
+    uri = tracking_uri(runs_dir)
+    with _mlflow_env(uri):
+        return Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(dst),
+                                                        tracking_uri=uri, registry_uri=uri))
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    """Whether the networks saved in folders ``a`` and ``b`` give equal outputs on a fixed input."""
+    x = fixed_input(tuple(read_architecture(a)["image_shape"]))
+    model_a, model_b = load_model(a), load_model(b)  # not under no_grad: rebuilding traces with autograd
+    with torch.no_grad():
+        return torch.equal(model_a(x), model_b(x))
+
+
+# --- the pick ------------------------------------------------------------------------------------
+
+def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
+         reason: str | None = None) -> PickResult:
+    """Register and export COMPLETE ``trial`` of ``view`` (see the module docstring); returns what it did."""
+    out = Path(out_dir) if out_dir is not None else default_out_dir(view.runs_dir, view.name, trial.number)
+    off_front = pareto_note(view, trial)
+    notes = [off_front] if off_front else []
+    client = mlflow_client(view.runs_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        source_dir = trial_model_dir(trial, client, Path(tmp) / "trial")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_FILE, ARCH_FILE):
+            shutil.copyfile(source_dir / name, out / name)
+        config = trial.user_attrs["config"]
+        (out / CONFIG_FILE).write_text(f"# resolved trainer config of trial {trial.number} of study {view.name!r}\n"
+                                       + yaml.safe_dump(config, sort_keys=False))
+        baseline = view.baseline
+        metrics = pick_metrics(trial.user_attrs["final"], baseline.user_attrs["final"] if baseline else None,
+                               baseline.number if baseline else None)
+        arch = read_architecture(out)
+        name, alias = registered_model_name(view.name), alias_name(trial.number)
+        version, source = register(client, name, trial, view.name, out, metrics)
+        checks = {"export_identical": same_outputs(source_dir, out),
+                  "mlflow_identical": same_outputs(source_dir, download_registered(view.runs_dir, name, alias,
+                                                                                   Path(tmp) / "registry"))}
+    onnx = export_onnx(load_model(out), out / ONNX_FILE, tuple(arch["image_shape"]))
+    if onnx.get("error"):
+        notes.append(f"no ONNX export ({onnx['error']}); the pick has the safetensors network only")
+    elif onnx.get("matches_torch") is False:
+        notes.append(f"ONNX outputs differ from PyTorch's: {onnx['note']}")
+    notes += [f"check failed: {k} is false (please report this)" for k, ok in checks.items() if not ok]
+    record = {"study": view.name, "trial": trial.number, "baseline_trial": bool(trial.user_attrs.get("baseline")),
+              "objectives": dict(zip(view.objective_names, trial.values)), "on_pareto_front": off_front is None,
+              **metrics, "params_searched": dict(trial.params),
+              "input": input_description(config, arch["image_shape"]), "num_classes": arch["num_classes"],
+              "registry": {"tracking_uri": tracking_uri(view.runs_dir), "name": name, "version": version.version,
+                           "alias": alias, "uri": f"models:/{name}@{alias}", "source": source},
+              "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "onnx": onnx, "checks": checks,
+              "knee_reason": reason}
+    (out / METRICS_FILE).write_text(json.dumps(record, indent=2, default=float))
+    (out / README_FILE).write_text(readme_text(record, config, out))
+    return PickResult(view.name, trial.number, out, name, str(version.version), alias, source, record, notes, reason)
+
+
+def readme_text(record: Mapping[str, Any], config: Mapping[str, Any], out: Path) -> str:
+    """The pick's README: what the network is, how it compares with the dense baseline, three ways to load it."""
+    model, prune, reg, inp = config["model"], config["prune"], record["registry"], record["input"]
+    shape = ", ".join(map(str, inp["image_shape"]))
+    base = record.get("baseline")
+    if base:
+        head = f"dense baseline (trial {base['trial']})"
+        cells = [f"{base['val_top1']:.4f}", f"{base['params']:,}", f"{base['flops']:,}",
+                 f"{base['train_flops_cum']:.4g}"]
+        change = [f" ({record['accuracy_change']:+.4f})", f" ({record['train_compute_reduction']:.2f}x less)"]
+    else:
+        head = "dense (no completed baseline)"
+        cells = ["", f"{record['params_dense']:,}", f"{record['flops_dense']:,}", ""]
+        change = ["", ""]
+    table = "\n".join([
+        f"| | this network | {head} |", "|---|---|---|",
+        f"| val_top1 | {record['val_top1']:.4f}{change[0]} | {cells[0]} |",
+        f"| params | {record['params']:,} ({record['compression_params']:.2f}x fewer) | {cells[1]} |",
+        f"| FLOPs per image | {record['flops']:,} ({record['compression_flops']:.2f}x fewer) | {cells[2]} |",
+        f"| training FLOPs | {record['train_flops_cum']:.4g}{change[1]} | {cells[3]} |"])
+    norm = (f"normalised per channel with mean {inp['mean']} and std {inp['std']}" if inp.get("mean") else
+            f"normalised with the training set's per-channel mean and std (unknown here: {inp.get('note', '')})")
+    onnx = record["onnx"]
+    onnx_part = (f"`{ONNX_FILE}`: one input `images` (float32 [N, {shape}]), one output `logits`, dynamic batch. "
+                 + (onnx.get("note") or "") + "\n\n```python\nimport onnxruntime as ort\n"
+                 f"session = ort.InferenceSession(\"{out.resolve() / ONNX_FILE}\")\n"
+                 "logits = session.run(None, {\"images\": images.numpy()})[0]\n```\n"
+                 if onnx.get("file") else f"No ONNX file: the export failed ({onnx.get('error')}).\n")
+    return f"""# ADPrune pick: study {record['study']!r}, trial {record['trial']}
+
+A {model['name']} (width_mult {model['width_mult']}) trained for {record['epochs_run']} epochs with activation-density
+pruning in training (prune.schedule {prune['schedule']}, {record['prune_rounds']} prune round(s)).
+
+{table}
+
+Files: `model.safetensors` (weights, pickle-free), `model.json` (architecture: model config, group widths,
+pruning history), `config.yaml` (the resolved trainer config; `adprune train --config config.yaml` reruns the
+trial), `metrics.json` (final metrics, compression, change vs the baseline, registry entry, checks).
+
+Input: float32 images [N, {shape}], pixels / 255, {norm}.
+Output: logits over {record['num_classes']} classes.
+
+## With adprune_core
+
+```python
+from adprune_core.export import load_model
+model = load_model("{out.resolve()}")  # rebuilt from safetensors + JSON, eval mode
+logits = model(images)
+```
+
+## Through MLflow
+
+Registered model `{reg['name']}`, version {reg['version']}, alias `{reg['alias']}`, in `{reg['tracking_uri']}`.
+The version's source is the trial run's `model/` artifact (safetensors + JSON, no pickled module):
+
+```python
+import mlflow
+from adprune_core.export import load_model
+mlflow.set_tracking_uri("{reg['tracking_uri']}")  # the registry follows the tracking URI
+local = mlflow.artifacts.download_artifacts("{reg['uri']}")
+model = load_model(local)
+```
+
+## ONNX
+
+{onnx_part}"""

@@ -1,0 +1,279 @@
+"""Write a ``Report`` (``reports.report``) to a folder: ``index.html`` (self-contained: plotly.js,
+styles and images inline, no network), ``summary.md``, ``trials.csv`` (every trial) and ``pareto.csv``
+(the Pareto-optimal trials, same columns). Columns are described in ``reports.pareto.trial_rows``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reports.figures import PlotlyPage, hypervolume_figure, importance_figure, profile_png, view_figure
+from reports.health import REFERENCE_FACTOR, edge_warnings
+from reports.pareto import ControlInput, finite
+from reports.report import Report
+
+FILES = ("index.html", "summary.md", "trials.csv", "pareto.csv")
+DASH = "–"
+
+
+# --- numbers as text -----------------------------------------------------------------------------------
+
+def fmt_si(v: Any) -> str:
+    """1.234e9 -> '1.23 G'; NaN/None -> a dash."""
+    if not finite(v):
+        return DASH
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{v:.3g}"
+
+
+def fmt_acc(v: Any) -> str:
+    """A fraction as a percentage: 0.8125 -> '81.25%'."""
+    return f"{100 * v:.2f}%" if finite(v) else DASH
+
+
+def fmt_pt(v: Any) -> str:
+    """A change of a fraction in percentage points, signed: -0.012 -> '-1.20 pt'."""
+    return f"{100 * v:+.2f} pt" if finite(v) else DASH
+
+
+def fmt_x(v: Any) -> str:
+    return f"{v:.2f}x" if finite(v) else DASH
+
+
+def fmt_value(name: str, v: Any) -> str:
+    return fmt_acc(v) if name == "val_top1" else fmt_si(v)
+
+
+def fmt_param(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def params_text(row: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k[len('search.'):]}={fmt_param(v)}" for k, v in row.items()
+                     if k.startswith("search.") and v is not None and not (isinstance(v, float) and math.isnan(v)))
+
+
+# --- tables --------------------------------------------------------------------------------------------
+
+PARETO_HEADERS = ("trial", "val_top1", "accuracy change", "params", "compression params", "flops",
+                  "compression flops", "train compute", "train-compute reduction", "hyperparameters")
+
+
+def pareto_table_rows(report: Report, link: bool) -> list[tuple[str, list[str]]]:
+    """(row kind, cells) for the Pareto table: the baseline first (also when not on the front), then by
+    trial number the front and any picked or controlled trial off it, each followed by its controls.
+    Cells are text; with ``link`` they are HTML."""
+    esc = html.escape if link else (lambda s: s)
+    numbers = ([report.baseline] if report.baseline is not None and report.baseline not in report.pareto else [])
+    shown = set(report.pareto) | set(report.picked) | {c.control_of for c in report.controls}
+    numbers += sorted(n for n in shown - set(numbers) if report.row(n) is not None)
+    out = []
+    for number in numbers:
+        r = report.row(number)
+        tags = [t for t, on in (("baseline", r["baseline"]), ("not on the front", not r["pareto"]),
+                                ("picked", r["picked"])) if on]
+        name = f"{number}" + (f" ({', '.join(tags)})" if tags else "")
+        cells = [_link(name, r.get("mlflow_url")) if link else name, fmt_acc(r.get("val_top1")),
+                 fmt_pt(r.get("accuracy_change")), fmt_si(r.get("params")), fmt_x(r.get("compression_params")),
+                 fmt_si(r.get("flops")), fmt_x(r.get("compression_flops")), fmt_si(r.get("train_flops_cum")),
+                 fmt_x(r.get("train_compute_reduction")), esc(params_text(r) or "(dense baseline)")]
+        out.append(("baseline" if r["baseline"] else "pareto", cells))
+        for c in report.controls_of(number):
+            out.append(("control", _control_cells(report, c, r, link)))
+    return out
+
+
+def _control_cells(report: Report, c: ControlInput, trial: Mapping[str, Any], link: bool) -> list[str]:
+    s = report.control_savings.get(c.run_id, {})
+    gain = trial.get("val_top1", math.nan) - c.metrics.get("val_top1", math.nan)
+    name = f"↳ {c.kind} control of {c.control_of}"
+    note = f"trial minus control: {fmt_pt(gain)} (> 0: pruning in training paid)"
+    return [_link(name, c.url) if link else name, fmt_acc(c.metrics.get("val_top1")),
+            fmt_pt(s.get("accuracy_change")), fmt_si(c.metrics.get("params")), fmt_x(s.get("compression_params")),
+            fmt_si(c.metrics.get("flops")), fmt_x(s.get("compression_flops")), fmt_si(c.metrics.get("train_flops_cum")),
+            fmt_x(s.get("train_compute_reduction")), html.escape(note) if link else note]
+
+
+def _link(text: str, url: str | None) -> str:
+    if not url:
+        return html.escape(text)
+    return f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(text)}</a>'
+
+
+def html_table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], cls: str = "") -> str:
+    """``rows``: (css class, cells already escaped)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "\n".join(f'<tr class="{k}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for k, cells in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows])
+
+
+def states_rows(report: Report) -> list[list[str]]:
+    rows = [[state, str(n)] for state, n in report.states.items()]
+    if report.infeasible:
+        rows.insert(1, ["COMPLETE but infeasible (of the above)", str(report.infeasible)])
+    return rows
+
+
+def hypervolume_text(report: Report) -> str:
+    if not report.hv_history:
+        return "hypervolume: no trials"
+    number, value = report.hv_history[-1]
+    costs = ", ".join(n for n in report.names if n != "val_top1")
+    by = "the baseline's" if report.hv_scale.source == "baseline" else "their largest value (no completed baseline)"
+    return (f"hypervolume {value:.4f} after trial {number}: the fraction of the box between the ideal point "
+            f"(val_top1 1, costs 0) and the reference point (val_top1 0, {costs} {REFERENCE_FACTOR} x {by}) "
+            "that the front dominates (docs/report.md)")
+
+
+def importance_rows(report: Report, top: int = 5) -> list[list[str]]:
+    rows = []
+    for objective, values in report.importances.by_objective.items():
+        best = sorted(values.items(), key=lambda kv: -kv[1])[:top]
+        rows.append([objective, ", ".join(f"{k} {v:.2f}" for k, v in best)])
+    return rows
+
+
+# --- documents -----------------------------------------------------------------------------------------
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;
+color:#222;padding:0 16px}h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ddd;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f4f6f8}tr.baseline td{background:#fafafa;font-weight:600}
+tr.control td{color:#555;font-style:italic}.warn{background:#fff4e0;border-left:4px solid #e67e22;
+padding:6px 10px;margin:6px 0}.note{color:#666;font-size:13px}.views{display:grid;grid-template-columns:1fr;
+gap:8px}img{max-width:100%}details{margin:8px 0}code{background:#f4f4f4;padding:1px 4px}"""
+
+
+def render_html(report: Report) -> str:
+    """The whole page as one string (plotly.js inline)."""
+    page = PlotlyPage()
+    esc = html.escape
+    parts = [f"<h1>Study report: {esc(report.study)}</h1>", f'<p class="note">{esc(_header(report))}</p>']
+    for warning in report.notes:
+        parts.append(f'<div class="warn">{esc(warning)}</div>')
+    if report.edges:
+        parts.append(f'<div class="warn">{len(edge_warnings(report.edges))} search-space edge warning(s): '
+                     '<a href="#edges">Pareto-optimal trials at the end of a range</a></div>')
+
+    parts.append("<h2>Pareto front</h2>")
+    parts.append(f'<p class="note">{len(report.pareto)} Pareto-optimal trial(s) over '
+                 f'{esc(", ".join(f"{n} ({d})" for n, d in zip(report.names, report.directions)))}, among the '
+                 "feasible COMPLETE trials. Highlighted points are on the front of all objectives (so a point may "
+                 "look dominated in one 2-D view). Click a point to open its run in the MLflow UI "
+                 f"({esc(report.mlflow_url)}; start it with <code>make ui</code>).</p>")
+    parts.append('<div class="views">' + "".join(
+        page.fragment(view_figure(v), f"view-{i}", clickable=True) for i, v in enumerate(report.views)) + "</div>")
+    parts.append("<h3>Pareto-optimal trials</h3>")
+    parts.append(html_table(PARETO_HEADERS, pareto_table_rows(report, link=True), "pareto"))
+    parts.append('<p class="note">accuracy change: val_top1 minus the baseline\'s, in percentage points; '
+                 "compression and train-compute reduction: the baseline's value divided by the trial's.</p>")
+
+    parts.append("<h2>Pareto trials, layer by layer</h2>")
+    for number in report.pareto:
+        parts.append(_profile_section(report, number))
+
+    parts.append("<h2>Study health</h2>")
+    parts.append("<h3>Trials by state</h3>" + html_table(("state", "trials"), [("", r) for r in states_rows(report)]))
+    parts.append(f"<h3>Hypervolume over trials</h3><p class='note'>{esc(hypervolume_text(report))}.</p>")
+    parts.append(page.fragment(hypervolume_figure(report.hv_history), "hypervolume"))
+    parts.append("<h3>Which search parameters matter</h3>")
+    if report.importances.note:
+        parts.append(f"<p>{esc(report.importances.note)}.</p>")
+    else:
+        parts.append(f'<p class="note">fANOVA over {report.importances.trials} COMPLETE searched trials.</p>')
+        parts.append(page.fragment(importance_figure(report.importances), "importance"))
+    parts.append('<h3 id="edges">Edges of the search space</h3>')
+    parts.append("".join(f'<div class="warn">{esc(w)}</div>' for w in edge_warnings(report.edges))
+                 or "<p>No Pareto-optimal trial sits on the edge of a numeric range.</p>")
+
+    parts.append("<h2>All trials</h2><details><summary>every trial (also in trials.csv)</summary>")
+    parts.append(html_table(("trial", "state", *report.names, "accuracy change", "compression flops",
+                             "train-compute reduction", "hyperparameters", "stop / fail reason"),
+                            [(("baseline" if r["baseline"] else ""), _all_trials_cells(report, r))
+                             for r in report.rows]))
+    parts.append("</details>")
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(report.study)}: '
+            f"ADPrune study report</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _header(report: Report) -> str:
+    total = sum(report.states.values())
+    base = f"baseline: trial {report.baseline}" if report.baseline is not None else "no completed baseline"
+    picked = f"; picked: {', '.join(map(str, report.picked))}" if report.picked else ""
+    return f"{total} trial{'s' * (total != 1)}; {base}{picked}; generated {report.generated}"
+
+
+def _all_trials_cells(report: Report, r: Mapping[str, Any]) -> list[str]:
+    reason = r.get("stop_reason") or r.get("fail_reason") or ""
+    return [_link(str(r["number"]) + (" (baseline)" if r["baseline"] else "") + (" *" if r["pareto"] else ""),
+                  r.get("mlflow_url")), r["state"], *(fmt_value(n, r.get(n)) for n in report.names),
+            fmt_pt(r.get("accuracy_change")), fmt_x(r.get("compression_flops")),
+            fmt_x(r.get("train_compute_reduction")), html.escape(params_text(r)), html.escape(str(reason))]
+
+
+def _profile_section(report: Report, number: int) -> str:
+    r = report.row(number)
+    title = f"trial {number}" + (" (baseline)" if r["baseline"] else "")
+    head = (f"<h3>{_link(title, r.get('mlflow_url'))}</h3><p class='note'>{fmt_acc(r.get('val_top1'))}, "
+            f"{fmt_x(r.get('compression_flops'))} fewer FLOPs, {fmt_x(r.get('train_compute_reduction'))} less "
+            f"training compute; {html.escape(params_text(r) or 'dense')}</p>")
+    profile = report.profiles.get(number)
+    if profile is None:
+        return head + "<p>no per-epoch history found for this trial.</p>"
+    rows = [("", [html.escape(layer), str(d), str(f), f"{f / d:.0%}" if d else DASH])
+            for layer, d, f in zip(profile.layers, profile.width_dense, profile.width_final)]
+    return (head + f'<img alt="widths and densities of trial {number}" '
+            f'src="data:image/png;base64,{profile_png(profile)}">'
+            f"<details><summary>widths per layer (from {html.escape(report.profile_sources.get(number, ''))})"
+            f"</summary>{html_table(('layer', 'dense', 'final', 'kept'), rows)}</details>")
+
+
+def render_markdown(report: Report) -> str:
+    """``summary.md``: the header, the Pareto table, the study's health, the warnings."""
+    lines = [f"# Study report: {report.study}", "", _header(report), "",
+             "Objectives: " + ", ".join(f"`{n}` ({d})" for n, d in zip(report.names, report.directions)) + ".", ""]
+    if report.edges or report.notes:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in edge_warnings(report.edges) + report.notes]
+        lines.append("")
+    lines += [f"## Pareto front ({len(report.pareto)} trials)", "",
+              md_table(PARETO_HEADERS, [cells for _, cells in pareto_table_rows(report, link=False)]), "",
+              "## Study health", "", md_table(("state", "trials"), states_rows(report)), "",
+              hypervolume_text(report) + ".", "", "Parameter importance (fANOVA): "
+              + (report.importances.note + "." if report.importances.note else
+                 f"over {report.importances.trials} COMPLETE searched trials (few trials make it noisy)."), ""]
+    if not report.importances.note:
+        lines += [md_table(("objective", "most important (importance)"), importance_rows(report)), ""]
+    lines += ["Files: " + ", ".join(f"`{f}`" for f in FILES) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: Report, out_dir: str | Path) -> list[Path]:
+    """Write the four files into ``out_dir`` (created); returns their paths in ``FILES`` order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(report.rows)
+    for col in (c for c in frame.columns if c.startswith("search.")):  # keep ints ints beside blanks
+        frame[col] = pd.Series([r.get(col) for r in report.rows], dtype=object)
+    paths = [out / f for f in FILES]
+    paths[0].write_text(render_html(report), encoding="utf-8")
+    paths[1].write_text(render_markdown(report), encoding="utf-8")
+    frame.to_csv(paths[2], index=False)
+    (frame[frame["pareto"]] if len(frame) else frame).to_csv(paths[3], index=False)
+    return paths

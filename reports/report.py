@@ -1,0 +1,108 @@
+"""Compute a study's report: ``StudyData`` (``reports.load``) -> ``Report``, a plain data object that
+``reports.render`` writes out. Nothing here draws or writes files.
+
+What goes in, and where each number comes from, is documented in ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from reports import health
+from reports.health import EdgeHit, HypervolumeScale, Importances
+from reports.load import StudyData, control_inputs, trial_history, trial_inputs
+from reports.pareto import ControlInput, LayerProfile, View, baseline_of, layer_profile, savings, trial_rows, views
+from study.pareto import feasible
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+@dataclass
+class Report:
+    """Everything the report shows. ``rows``: ``reports.pareto.trial_rows`` (the columns of ``trials.csv``)."""
+
+    study: str
+    names: tuple[str, ...]
+    directions: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    pareto: list[int]  # trial numbers on the front, ascending
+    baseline: int | None  # the completed baseline's trial number
+    views: list[View]
+    controls: list[ControlInput]
+    control_savings: dict[str, dict[str, float]]  # control run id -> savings against the baseline
+    profiles: dict[int, LayerProfile]  # Pareto trial -> its layers
+    profile_sources: dict[int, str]  # Pareto trial -> where its history was read
+    states: dict[str, int]
+    infeasible: int  # COMPLETE trials that broke a constraint
+    hv_scale: HypervolumeScale
+    hv_history: list[tuple[int, float]]  # (trial number, hypervolume after it)
+    importances: Importances
+    edges: list[EdgeHit]
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    mlflow_url: str = ""
+    picked: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    generated: str = ""
+
+    @property
+    def pareto_rows(self) -> list[dict[str, Any]]:
+        front = set(self.pareto)
+        return [r for r in self.rows if r["number"] in front]
+
+    def row(self, number: int) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["number"] == number), None)
+
+    def controls_of(self, number: int) -> list[ControlInput]:
+        return [c for c in self.controls if c.control_of == number]
+
+
+def build_report(data: StudyData) -> Report:
+    """The report of ``data``; reads the Pareto trials' histories (``reports.load.trial_history``)."""
+    inputs = trial_inputs(data)
+    controls = control_inputs(data)
+    rows = trial_rows(inputs, data.names, data.directions, controls)
+    pareto = [r["number"] for r in rows if r["pareto"]]
+    base = baseline_of(inputs)
+    by_number = {t.number: t for t in data.trials}
+
+    profiles, sources = {}, {}
+    for number in pareto:
+        epochs, prunes, source = trial_history(data, by_number[number])
+        profile = layer_profile(number, epochs, prunes)
+        if profile is not None:
+            profiles[number], sources[number] = profile, source
+        else:
+            data.notes.append(f"trial {number}: no per-epoch history (no summary.json, no MLflow metrics)")
+
+    complete = [t for t in data.trials if t.state.name == "COMPLETE" and t.values]
+    points = [list(t.values) if t.state.name == "COMPLETE" and t.values else [float("nan")] * len(data.names)
+              for t in data.trials]
+    scale = health.hypervolume_scale(data.names, list(base.values) if base and base.values else None,
+                                     [list(t.values) for t in complete if feasible(t)])
+    eligible = [t.state.name == "COMPLETE" and feasible(t) for t in data.trials]
+    history = health.hypervolume_history([t.number for t in data.trials], points, eligible, data.directions, scale)
+    edges = [hit for number in pareto if not by_number[number].user_attrs.get("baseline")
+             for hit in health.edge_hits(number, by_number[number].params, by_number[number].distributions)]
+    counts = Counter(t.state.name for t in data.trials)
+    return Report(
+        study=data.name, names=data.names, directions=data.directions, rows=rows, pareto=pareto,
+        baseline=base.number if base else None, views=views(rows, data.names, controls), controls=controls,
+        control_savings={c.run_id: savings(c.metrics, base.metrics if base else None) for c in controls},
+        profiles=profiles, profile_sources=sources,
+        states={s: counts.get(s, 0) for s in STATES if counts.get(s, 0) or s in STATES[:3]},
+        infeasible=sum(not feasible(t) for t in complete), hv_scale=scale, hv_history=history,
+        importances=health.param_importances(data.trials, data.names, data.directions), edges=edges,
+        experiment_id=data.experiment_id, parent_run_id=data.parent_run_id, mlflow_url=data.mlflow_url,
+        picked=sorted(data.picked), notes=list(data.notes) + _baseline_notes(base),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+
+def _baseline_notes(base: Any) -> list[str]:
+    if base is None:
+        return ["no completed baseline trial: accuracy changes, compression and compute reductions are blank, "
+                "and the hypervolume is normalised by the largest values instead"]
+    return []

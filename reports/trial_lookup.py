@@ -1,0 +1,136 @@
+"""Finding a study and one of its trials in the runtime folder, for ``adprune pick`` and ``adprune control``.
+
+Reads the stores ``study.runner`` writes (``<runs>/optuna.db``, ``<runs>/mlflow.db``); never creates one.
+Every user mistake (no store, unknown study, trial out of range, a trial without a final network) is an
+``ADPruneError`` whose one line names the value, the rule and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from adprune_core.errors import ADPruneError
+from study.pareto import feasible, pareto_trials
+from study.runner import optuna_uri
+
+
+@dataclass
+class StudyView:
+    """A loaded study: its name, runtime folder, trials (by number) and objectives."""
+
+    name: str
+    runs_dir: Path
+    study: optuna.Study
+    trials: list[FrozenTrial]
+    objective_names: tuple[str, ...]
+    directions: tuple[str, ...]
+
+    @property
+    def pareto(self) -> list[FrozenTrial]:
+        """The COMPLETE, feasible, non-dominated trials (``study.pareto.pareto_trials``)."""
+        return pareto_trials(self.trials, self.directions)
+
+    @property
+    def baseline(self) -> FrozenTrial | None:
+        """The last COMPLETE dense baseline (the one trials' accuracy drops were measured against)."""
+        done = [t for t in self.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("baseline")]
+        return done[-1] if done else None
+
+    @property
+    def size_objective(self) -> str:
+        """``flops`` or ``params``: the size the study minimises (flops when it has both or neither)."""
+        return "params" if "params" in self.objective_names and "flops" not in self.objective_names else "flops"
+
+    def pareto_numbers(self) -> str:
+        numbers = [str(t.number) for t in self.pareto]
+        return ", ".join(numbers) if numbers else "none"
+
+
+def study_names(runs_dir: Path) -> list[str]:
+    """Names of the studies in ``<runs_dir>/optuna.db``; ADPruneError when there is no such store."""
+    db = Path(runs_dir) / "optuna.db"
+    if not db.is_file():  # checked first: Optuna would create an empty store
+        raise ADPruneError(f"no Optuna store at {db}; run a study first (make study) or pass the folder that "
+                           "holds optuna.db with --runs-dir (make ... RUNS_DIR=dir)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return sorted(optuna.get_all_study_names(storage=optuna_uri(runs_dir)))
+
+
+def open_study(runs_dir: str | Path, name: str | None) -> StudyView:
+    """Study ``name`` from ``runs_dir``; without a name, the store's only study."""
+    runs_dir = Path(runs_dir)
+    names = study_names(runs_dir)
+    if name is None:
+        if len(names) != 1:
+            raise ADPruneError(f"{runs_dir / 'optuna.db'} holds {len(names)} studies "
+                               f"({', '.join(names) or 'none'}); name one with --study (make ... STUDY=name)")
+        name = names[0]
+    elif name not in names:
+        raise ADPruneError(f"unknown study {name!r} in {runs_dir / 'optuna.db'}; known: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=name, storage=optuna_uri(runs_dir))
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    stored = study.user_attrs.get("objectives")  # ["val_top1 (maximize)", ...], written by study.runner
+    if stored:
+        names_ = tuple(s.split(" ")[0] for s in stored)
+    else:
+        names_ = ("val_top1", "flops", "train_flops_cum")[:len(study.directions)]
+    directions = tuple(d.name.lower() for d in study.directions)
+    return StudyView(name, runs_dir, study, trials, names_, directions)
+
+
+def completed_trial(view: StudyView, number: int) -> FrozenTrial:
+    """Trial ``number`` if it is COMPLETE (only those have a final network); ADPruneError otherwise."""
+    by_number = {t.number: t for t in view.trials}
+    if number not in by_number:
+        span = f"0..{max(by_number)}" if by_number else "none yet"
+        raise ADPruneError(f"trial {number} is not in study {view.name!r} (trials: {span}); "
+                           f"pick one of its Pareto trials: {view.pareto_numbers()}")
+    trial = by_number[number]
+    if trial.state != TrialState.COMPLETE:
+        why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason")
+        raise ADPruneError(f"trial {number} of study {view.name!r} is {trial.state.name}"
+                           + (f" ({_first_line(why)})" if why else "")
+                           + f"; only COMPLETE trials have a final network; pick one of the Pareto trials: "
+                             f"{view.pareto_numbers()}")
+    return trial
+
+
+def pareto_note(view: StudyView, trial: FrozenTrial) -> str | None:
+    """Why ``trial`` is not on the Pareto front, or None when it is."""
+    if any(t.number == trial.number for t in view.pareto):
+        return None
+    if not feasible(trial):
+        drop = trial.user_attrs.get("accuracy_drop")
+        return (f"trial {trial.number} is infeasible (val_top1 {drop:.4f} below the baseline, more than the "
+                f"study's max_accuracy_drop)" if drop is not None else f"trial {trial.number} is infeasible")
+    return f"trial {trial.number} is not on the Pareto front (another trial is at least as good in every objective)"
+
+
+def trial_model_dir(trial: FrozenTrial, client: Any | None = None, scratch: Path | None = None) -> Path:
+    """The folder with the trial's final network (``model.safetensors`` + ``model.json``).
+
+    The trainer's ``<out_dir>/model``; when that is gone, the ``model/`` artifact of the trial's MLflow run,
+    downloaded into ``scratch`` (needs ``client``)."""
+    out_dir = trial.user_attrs.get("out_dir")
+    local = Path(out_dir) / "model" if out_dir else None
+    if local is not None and (local / "model.json").is_file() and (local / "model.safetensors").is_file():
+        return local
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if client is not None and run_id and scratch is not None:
+        try:
+            return Path(client.download_artifacts(run_id, "model", str(scratch)))
+        except Exception:  # a missing artifact or store: the error below says what to do
+            logging.getLogger(__name__).debug("no model artifact in run %s", run_id, exc_info=True)
+    raise ADPruneError(f"trial {trial.number}'s network is missing: neither {local} nor the model/ artifact of "
+                       f"MLflow run {run_id} exists; was the runs folder moved or cleaned? Re-run the study")
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."

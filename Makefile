@@ -17,6 +17,9 @@ STUDY    ?=
 DATA     ?=
 SEED     ?=
 RUNS_DIR ?= runs
+WORKERS  ?=
+GPUS     ?=
+WORKERS_PER_GPU ?=
 PORT     ?= 5000
 
 .PHONY: install test test-slow lint train study ui report pick control bench clean
@@ -42,10 +45,12 @@ lint: install
 train: install  ## make train [CONFIG=configs/smoke.yaml] [OUT=dir] [SET="train.epochs=3 data.name=cifar10"]
 	$(VENV)/bin/adprune train --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 
-study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs]
+study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k]
 	$(VENV)/bin/adprune study --dataset $(DATASET) --runs-dir $(RUNS_DIR) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STUDY),--name $(STUDY)) \
-		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(foreach s,$(SET),--set $(s))
+		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(foreach s,$(SET),--set $(s)) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
+		$(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU))
 
 ui: install  ## the MLflow UI for $(RUNS_DIR) on http://127.0.0.1:$(PORT)
 	$(VENV)/bin/adprune ui --runs-dir $(RUNS_DIR) --port $(PORT)

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given, for commands that start copies of themselves
     try:
         return args.run(args)
     except ADPruneError as exc:
@@ -105,4 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, not this __main__ copy: plugins register into the former.
+    from adprune_core.cli import main as _main
+
+    sys.exit(_main())

@@ -40,6 +40,35 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trainer key (train.batch_size=64) or a study key (sampler.name=nsga2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, one line per trial")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes sharing the study on this machine (default 1)")
+    p.add_argument("--gpus", default=None, help="GPU ids for one worker each (times --workers-per-gpu), e.g. 0,1")
+    p.add_argument("--workers-per-gpu", type=int, default=1, help="workers (concurrent trials) per GPU (default 1)")
+    for hidden in ("--worker-rank", "--worker-quota"):  # set by the process that starts the workers
+        p.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
+
+
+def worker_envs(workers: int | None, gpus: str | None, per_gpu: int, cpu_count: int) -> list[dict[str, str]]:
+    """The environment of each worker process: its GPU, or its share of the CPU threads.
+
+    ``--gpus 0,1 --workers-per-gpu 2`` gives four workers, two on each GPU (CUDA_VISIBLE_DEVICES);
+    ``--workers 3`` gives three on this machine's default device, each with cpu_count / 3 threads."""
+    if per_gpu < 1:
+        raise ConfigError(f"--workers-per-gpu: {per_gpu} must be >= 1")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: {workers} must be >= 1")
+    if gpus:
+        ids = [g.strip() for g in gpus.split(",")]
+        if not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+            raise ConfigError(f"--gpus: {gpus!r} must be distinct GPU numbers separated by commas, e.g. 0,1")
+        if workers is not None and workers != len(ids) * per_gpu:
+            raise ConfigError(f"--workers {workers} does not match --gpus {gpus} x --workers-per-gpu {per_gpu}; "
+                              "give --gpus with --workers-per-gpu, or --workers alone")
+        return [{"CUDA_VISIBLE_DEVICES": g} for g in ids for _ in range(per_gpu)]
+    n = workers or 1
+    threads = str(max(1, cpu_count // n))
+    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if n > 1 else {} for _ in range(n)]
 
 
 def _run_study(args: argparse.Namespace) -> int:
@@ -66,7 +95,20 @@ def _run_study(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir or default_runs_dir())
     name = args.name or default_name
     print(f"study {name!r} from {path}: optuna {runs_dir / 'optuna.db'}, mlflow {runs_dir / 'mlflow.db'}")
-    report = run_study(cfg, name, args.trials, runs_dir, progress=not args.no_progress)
+    if args.worker_rank is not None:
+        from study.runner import run_worker
+
+        run_worker(cfg, name, args.worker_quota, runs_dir, args.worker_rank, args.parent_run)
+        return 0
+    envs = worker_envs(args.workers, args.gpus, args.workers_per_gpu, os.cpu_count() or 1)
+
+    def spawn(rank: int, quota: int, parent_run_id: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "adprune_core.cli", *args.argv, "--no-progress", "--worker-rank", str(rank),
+               "--worker-quota", str(quota), "--parent-run", parent_run_id]
+        return subprocess.Popen(cmd, env={**os.environ, **envs[rank]})
+
+    report = run_study(cfg, name, args.trials, runs_dir, progress=not args.no_progress, workers=len(envs),
+                       spawn=spawn)
     print(format_report(report, cfg.objective_names))
     print(f"browse: make ui{'' if runs_dir == Path('runs') else f' RUNS_DIR={runs_dir}'}  "
           f"(adprune ui --runs-dir {runs_dir})")

@@ -10,12 +10,19 @@
 - A resumed study reseeds its sampler with (seed, finished trials), so that a second session does
   not replay the first session's random suggestions; a fresh study uses the seed as is, so the same
   seed gives the same suggestions.
-- One process runs a study at a time: trials a killed process left RUNNING are marked FAIL.
+- Several worker processes may share one study (``workers`` > 1, ``adprune study --workers k`` or
+  ``--gpus 0,1 --workers-per-gpu k``): this process prepares the study, each worker runs a fixed
+  quota of trials against the same SQLite files (writers wait for each other's locks), and the
+  total is exact. Trials left RUNNING by a killed process are marked FAIL when the study is next
+  opened, so start a study's workers from one command.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +47,16 @@ def optuna_uri(runs_dir: str | Path) -> str:
     return f"sqlite:///{(Path(runs_dir) / 'optuna.db').resolve()}"
 
 
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def optuna_storage(runs_dir: str | Path) -> optuna.storages.RDBStorage:
+    """The study's SQLite storage; a writer waits up to a minute for another process's lock (several
+    workers share one file) instead of failing with "database is locked"."""
+    return optuna.storages.RDBStorage(optuna_uri(runs_dir),
+                                      engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}})
+
+
 @dataclass
 class StudyReport:
     name: str
@@ -62,7 +79,7 @@ def study_record(cfg: StudyConfig) -> dict[str, Any]:
 def open_study(cfg: StudyConfig, name: str, runs_dir: Path) -> optuna.Study:
     """Create or load study ``name``; check it optimises the same objectives."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=optuna_uri(runs_dir), study_name=name, directions=list(cfg.directions),
+    study = optuna.create_study(storage=optuna_storage(runs_dir), study_name=name, directions=list(cfg.directions),
                                 load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
     stored = study.user_attrs.get("objectives")
     mine = [f"{n} ({d})" for n, d in zip(cfg.objective_names, cfg.directions)]
@@ -98,9 +115,24 @@ def sampler_seed(seed: int, finished: int) -> int:
     return seed if finished == 0 else (seed * 1_000_003 + finished) % 2**32
 
 
+def _baseline_waiting(study: optuna.Study) -> bool:
+    return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def split_quotas(trials: int, workers: int) -> list[int]:
+    """Trials per worker: ``trials`` shared as evenly as possible, no worker given none."""
+    base, extra = divmod(trials, workers)
+    return [q for q in (base + (1 if r < extra else 0) for r in range(workers)) if q > 0]
+
+
 def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, progress: bool = True,
-              log: Any = print) -> StudyReport:
-    """Run (or resume) study ``name`` until it holds ``n_trials`` trials; see the module docstring."""
+              log: Any = print, workers: int = 1,
+              spawn: Callable[[int, int, str], subprocess.Popen] | None = None) -> StudyReport:
+    """Run (or resume) study ``name`` until it holds ``n_trials`` trials; see the module docstring.
+
+    With ``workers`` > 1 this process prepares the study (stale trials, the baseline, the MLflow
+    parent run) and ``spawn(rank, quota, parent_run_id)`` starts each worker process, which runs
+    ``run_worker`` for its fixed quota of trials: the total is exact, with no race between workers."""
     if n_trials < 1:
         raise ConfigError(f"--trials: {n_trials} must be >= 1 (the baseline counts as one)")
     runs_dir = Path(runs_dir)
@@ -142,8 +174,17 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
 
         status = "FAILED"
         try:
-            study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])
-            status = "FINISHED"
+            if workers > 1:
+                if spawn is None:
+                    raise ValueError("several workers need a spawn function")
+                # The baseline runs here, alone and first: the workers' constraints and stopper compare with it.
+                here = 1 if _baseline_waiting(study) else 0
+                study.optimize(objective, n_trials=here, catch=(Exception,), callbacks=[after])
+                bar.close()
+                status = _wait_for_workers(spawn, split_quotas(to_run - here, workers), tracker.parent_id, log)
+            else:
+                study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])
+                status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -151,10 +192,60 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
             bar.close()
             tracker.close(status)
 
+    return _report(study, cfg, name, finished, to_run)
+
+
+def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran: int) -> StudyReport:
     trials = study.get_trials(deepcopy=False)
-    return StudyReport(name=name, existing=finished, ran=to_run,
+    return StudyReport(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
                        pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)])
+
+
+def _wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas: list[int], parent_run_id: str,
+                      log: Any) -> str:
+    """Start one worker per quota and wait for all; returns the parent run's final MLflow status.
+
+    Ctrl-C is passed on to the workers, which mark their running trials and stop."""
+    if not quotas:
+        return "FINISHED"
+    log(f"starting {len(quotas)} worker processes with {', '.join(map(str, quotas))} trial(s) each")
+    procs = [spawn(rank, quota, parent_run_id) for rank, quota in enumerate(quotas)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    failed = [rank for rank, code in enumerate(codes) if code != 0]
+    if failed:
+        log(f"worker(s) {', '.join(map(str, failed))} exited with an error; their finished trials are kept")
+    return "FAILED" if failed else "FINISHED"
+
+
+def run_worker(cfg: StudyConfig, name: str, quota: int, runs_dir: str | Path, rank: int, parent_run_id: str,
+               log: Any = print) -> None:
+    """One worker process of a multi-worker study: ``quota`` trials of the (already prepared) study."""
+    runs_dir = Path(runs_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=optuna_storage(runs_dir))
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    # each worker draws its own suggestions: same seed, shifted by rank
+    study.sampler = SAMPLERS.get(cfg.sampler.name)(
+        cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + 7919 * (rank + 1)) % 2**32)
+    data = load_dataset(cfg.trainer.data)
+    tracker = StudyTracker(runs_dir, name, cfg.objective_names, cfg.directions)
+    tracker.attach(parent_run_id)
+    objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=False)
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tracker.after_trial(study, trial)
+        log(f"[worker {rank}] {_trial_line(trial, cfg.objective_names)}")
+
+    study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
 
 
 def _warn_epochs(study: optuna.Study, cfg: StudyConfig, log: Any) -> None:

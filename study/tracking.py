@@ -110,6 +110,10 @@ class StudyTracker:
         self._close_stale_children()
         return self.parent_id
 
+    def attach(self, parent_run_id: str) -> None:
+        """Use an existing parent run (opened by the process that started this worker)."""
+        self.parent_id = parent_run_id
+
     def _close_stale_children(self) -> None:
         """Child runs left RUNNING by an interrupted process (one process runs a study at a time)."""
         stale = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(

@@ -47,3 +47,13 @@ def test_inplace_relu_is_measured_after_the_activation():
     meter.active = True
     model(torch.rand(2, 1, 4, 4) + 0.1)
     assert meter.read()["1"].layer_density == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_counts_equal_count_nonzero_for_relu6_and_low_precision(dtype):
+    model = nn.Sequential(nn.ReLU6())
+    meter = DensityMeter(model, ["0"])
+    meter.active = True
+    x = (torch.randn(8, 5, 6, 7, generator=torch.Generator().manual_seed(0)) * 10).to(dtype)
+    y = model(x)  # values in [0, 6], many exactly 0 and many exactly 6
+    assert meter.read()["0"].nonzero == tuple(torch.count_nonzero(y, dim=(0, 2, 3)).tolist())

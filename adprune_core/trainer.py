@@ -15,6 +15,15 @@ Callbacks (``Callback``) see every epoch record and prune event; ``on_epoch_end`
 reason string to stop the run early (status ``stopped``). A loss that is not finite ends the run
 with status ``diverged``. ``summary.json`` is rewritten atomically after every epoch, so a crash
 loses nothing already recorded.
+
+Checkpoints (``checkpoint_dir``): after every epoch, once the epoch is recorded and any prune is done
+and *before* the callbacks run, the trainer writes ``adprune_core.checkpoint``'s one-file checkpoint
+(network, momentum, RNG states, summary so far, pruning counters), atomically. ``resume=True``
+continues from it: the finished epochs' records are taken from the checkpoint, not recomputed, the
+callbacks' ``on_resume`` sees them once, and ``on_epoch_end`` sees only the new epochs. On the CPU
+the resumed run ends bitwise identical to an uninterrupted one (the data order is seeded per epoch,
+and the global RNG state is restored). The checkpoint is deleted when the run ends (completed,
+stopped or diverged) and stays when it is interrupted or killed.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adprune_core import costs, policy
+from adprune_core import checkpoint, costs, policy
 from adprune_core.config import Config, TrainConfig, config_to_dict
 from adprune_core.data import DeviceLoader, ImageData, load_dataset
 from adprune_core.density import ChannelCounts, DensityMeter
@@ -56,11 +64,16 @@ EVAL_BATCH = 512
 
 
 class Callback(Protocol):
-    """Hooks the study (or anyone) can pass to ``train``; every method is optional."""
+    """Hooks the study (or anyone) can pass to ``train``; every method is optional.
+
+    ``on_resume(summary)`` is called once, before training continues from a checkpoint, with the
+    summary so far (``epochs`` and ``prune_events`` of the finished epochs; read it, do not modify it)."""
 
     def on_epoch_end(self, record: dict[str, Any]) -> str | None: ...
 
     def on_prune(self, event: dict[str, Any]) -> None: ...
+
+    def on_resume(self, summary: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -133,17 +146,32 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
-          data: ImageData | None = None, init_widths: Mapping[str, int] | None = None) -> TrainResult:
+          data: ImageData | None = None, init_widths: Mapping[str, int] | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
     """Train ``cfg``'s network with density pruning; write ``summary.json`` and the network to
     ``out_dir`` when given. ``data`` may be passed to reuse an already loaded dataset.
 
     ``init_widths`` (group -> channels, as in a saved network's ``model.json``) starts training from
     that smaller architecture, freshly initialised: the "scratch" control of a pruned network.
-    ``params_dense``/``flops_dense`` still describe the dense network of ``cfg.model``."""
+    ``params_dense``/``flops_dense`` still describe the dense network of ``cfg.model``.
+
+    ``checkpoint_dir``: write a checkpoint there after every epoch (see the module docstring).
+    ``resume``: continue from the checkpoint there if there is one (the summary then says
+    ``resumed_from_epoch``); a checkpoint of another config is a ``ConfigError``. Without ``resume``
+    an old checkpoint in ``checkpoint_dir`` is deleted first."""
     device = resolve_device(cfg.train.device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    saved = checkpoint.load_checkpoint(ckpt_dir) if ckpt_dir is not None and resume else None
+    if saved is not None:
+        mismatch = checkpoint.config_mismatch(saved.state["summary"]["config"], config_to_dict(cfg))
+        if mismatch:
+            raise ConfigError(f"checkpoint {checkpoint.checkpoint_path(ckpt_dir)} was written for another config "
+                              f"({'; '.join(mismatch[:5])}); resume with the same config, or train without resume")
+    elif ckpt_dir is not None:
+        checkpoint.remove_checkpoint(ckpt_dir)  # a fresh run never leaves an older run's checkpoint to resume
     data = data or load_dataset(cfg.data)
     torch.manual_seed(cfg.train.seed)
     amp_dtype = autocast_dtype(cfg.train, device)
@@ -153,7 +181,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     model = prepare_model(build_model(cfg.model, data.num_classes, data.image_shape)).to(device)
     example = torch.zeros(1, *data.image_shape, device=device)
     dense = {"params": costs.count_params(model), "flops": costs.inference_flops(model, data.image_shape)}
-    if init_widths:
+    if saved is not None:  # the checkpointed network: build -> cut to its widths -> its weights
+        shrink_to_widths(model, saved.group_widths, example)
+        model.load_state_dict(saved.model_state, strict=True)
+    elif init_widths:
         shrink_to_widths(model, init_widths, example)
         reinitialize(model)
     state = _new_state(model, cfg, data, example, optimizer=None)
@@ -171,10 +202,18 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                                "device": str(device), "init_widths": dict(init_widths or {}),
                                "epochs": [], "prune_events": [], "final": {}}
     status, stop_reason = "completed", None
-    bar = tqdm(total=cfg.train.epochs * len(loader), unit="step", dynamic_ncols=True,
-               disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")
+    if saved is not None:
+        status = _resume(state, saved, summary, loader)
+        for cb in callbacks:
+            if hasattr(cb, "on_resume"):
+                cb.on_resume(summary)
+    first = len(summary["epochs"]) + 1
+    bar = tqdm(total=cfg.train.epochs * len(loader), initial=(first - 1) * len(loader), unit="step",
+               dynamic_ncols=True, disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")
     try:
-        for epoch in range(1, cfg.train.epochs + 1):
+        for epoch in range(first, cfg.train.epochs + 1):
+            if status != "completed":
+                break
             started = time.perf_counter()
             train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
             val_top1 = evaluate(state.forward, val_loader, amp_dtype,
@@ -199,6 +238,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                             cb.on_prune(event)
             record["seconds"] = time.perf_counter() - started
             summary["epochs"].append(record)
+            if ckpt_dir is not None:  # before the callbacks: a callback that raises finds this epoch saved
+                summary["final"] = _final(status, record, state, dense, None)
+                _save_checkpoint(ckpt_dir, state, summary, status)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_top1:.3f}",
                             params=f"{state.params / 1e6:.2f}M", refresh=False)
             _log(bar, cfg, record, summary["prune_events"])
@@ -221,7 +263,34 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                    history=[{"epoch": e["epoch"], "kept_idxs": e["kept_idxs"]} for e in summary["prune_events"]],
                    metadata={"final": summary["final"]})
         write_json(out / SUMMARY_FILE, summary)
+    if ckpt_dir is not None:
+        checkpoint.remove_checkpoint(ckpt_dir)  # the run is over: model/ and summary.json hold what is left
     return TrainResult(summary, state.model, out)
+
+
+def _save_checkpoint(directory: Path, state: _State, summary: dict[str, Any], status: str) -> None:
+    checkpoint.save_checkpoint(
+        directory, model=state.model, optimizer=state.optimizer, epoch=summary["epochs"][-1]["epoch"],
+        group_widths={g.name: g.width for g in state.graph.groups},
+        state={"status": status, "summary": summary, "train_flops_cum": state.train_flops_cum,
+               "rounds": state.rounds, "last_prune_epoch": state.last_prune_epoch,
+               "pruning_over": state.pruning_over, "density_history": state.density_history})
+
+
+def _resume(state: _State, saved: checkpoint.Checkpoint, summary: dict[str, Any], loader: DeviceLoader) -> str:
+    """Carry the checkpoint's momentum, counters, records and RNG states into this run (in place);
+    returns the status the run had at the checkpoint (``completed`` when it should go on)."""
+    checkpoint.restore_momentum_buffers(state.model, state.optimizer, saved.momentum)
+    s = saved.state
+    state.train_flops_cum, state.rounds = int(s["train_flops_cum"]), int(s["rounds"])
+    state.last_prune_epoch, state.pruning_over = int(s["last_prune_epoch"]), bool(s["pruning_over"])
+    state.density_history = list(s["density_history"])
+    for key in ("epochs", "prune_events", "final"):
+        summary[key] = s["summary"][key]
+    summary["resumed_from_epoch"] = saved.epoch
+    loader.set_epoch(saved.epoch)  # epoch e (1-based) draws the loader's 0-based epoch e - 1
+    checkpoint.restore_rng_states(saved.rng)
+    return str(s["status"])
 
 
 def _new_state(model: nn.Module, cfg: Config, data: ImageData, example: torch.Tensor,
@@ -391,6 +460,5 @@ def _log(bar: tqdm, cfg: Config, record: dict[str, Any], events: list[dict[str, 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename): readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, default=float)
+    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(text))

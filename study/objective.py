@@ -10,22 +10,35 @@ The trial's values are the final metrics named by the study's objectives. What e
   point: its partial ``train_flops_cum`` would put it on the Pareto front for nothing;
 - an exception: state FAIL with the error recorded; the study goes on (``optimize(catch=...)``).
 
-Trial user attrs: ``baseline``, ``config`` (resolved trainer config), ``epochs``, ``out_dir``,
+Checkpoints and retries: the trainer checkpoints every epoch into ``<out_dir>/checkpoint/``. A trial
+that retries one whose worker died (Optuna's ``RetryHeartbeatStaleTrialCallback`` copy, see
+``study/runner.py``) copies that trial's last checkpoint into its own folder and resumes from it:
+the finished epochs are not recomputed, their records come from the checkpoint (and are logged to
+the retry's MLflow run too). It records ``retry_of`` (the trial it continues) and, when it resumed,
+``resumed_from_epoch``; a checkpoint of another config (``EPOCHS`` changed between sessions) is not
+resumed (``resume_skipped`` says why) and the retry starts from scratch.
+
+Trial user attrs: ``worker`` (host:pid of the process running it; its presence says the trial beats
+a heartbeat), ``baseline``, ``config`` (resolved trainer config), ``epochs``, ``out_dir``,
 ``mlflow_run_id``, ``records`` (per-epoch ``val_top1``, ``params``, ``flops``, ``train_flops_cum``,
 ``train_loss``, ``train_top1``; rewritten every epoch, read by the stopper), ``status`` (trainer's),
 ``final``, ``compression_params``, ``compression_flops``, ``accuracy_drop``, ``stop_reason``,
-``fail_reason``.
+``fail_reason``, ``retry_of``, ``resumed_from_epoch``, ``resume_skipped``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from adprune_core import checkpoint
 from adprune_core.config import config_to_dict
 from adprune_core.data import ImageData
 from adprune_core.trainer import train
@@ -33,12 +46,31 @@ from study.space import StudyConfig, baseline_config, suggest, trial_config
 from study.stopping import DominatedTrialStopper, compact_record
 from study.tracking import StudyTracker, TrialRun
 
+WORKER_ATTR = "worker"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """The trials ``trial`` retries, oldest first (Optuna's ``RetryHeartbeatStaleTrialCallback``); [] if none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return list(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 class _Recorder:
     """Trainer callback: keeps the compact per-epoch records in the trial's user attrs."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial, self.records = trial, []
+
+    def on_resume(self, summary: dict[str, Any]) -> None:
+        self.records = [compact_record(r) for r in summary["epochs"]]
+        self.trial.set_user_attr("records", self.records)
+        self.trial.set_user_attr("resumed_from_epoch", summary["resumed_from_epoch"])
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.records.append(compact_record(record))
@@ -54,6 +86,7 @@ class Objective:
         self.progress = progress
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        trial.set_user_attr(WORKER_ATTR, worker_id())  # first: this trial beats a heartbeat (runner.py)
         baseline = bool(trial.user_attrs.get("baseline"))
         params = {} if baseline else suggest(trial, self.cfg.space)
         run: TrialRun | None = None
@@ -63,10 +96,13 @@ class Objective:
             if not self.progress:
                 cfg = cfg.replace(train=dataclasses.replace(cfg.train, progress=False))
             config = config_to_dict(cfg)
-            for key, value in (("config", config), ("epochs", cfg.train.epochs), ("out_dir", str(out))):
+            for key, value in (("config", config), ("epochs", cfg.train.epochs), ("out_dir", str(out)),
+                               ("records", [])):  # a retry's copied attrs describe the dead trial
                 trial.set_user_attr(key, value)
+            retry_of = self._retry_of(trial)
+            resume = retry_of is not None and self._take_checkpoint(trial, retry_of, out, config)
             if self.tracker is not None:
-                run = self.tracker.start_trial(trial.number, baseline, params, config, out)
+                run = self.tracker.start_trial(trial.number, baseline, params, config, out, retry_of=retry_of)
                 trial.set_user_attr("mlflow_run_id", run.run_id)
             callbacks: list[Any] = [_Recorder(trial)]
             if run is not None:
@@ -75,7 +111,8 @@ class Objective:
                 callbacks.append(DominatedTrialStopper.from_trials(
                     trial.study.get_trials(deepcopy=False), self.cfg.objective_names, self.cfg.directions,
                     self.cfg.stopper.check_at, self.cfg.stopper.margin, cfg.train.epochs))
-            final = train(cfg, out, callbacks=callbacks, data=self.data).summary["final"]
+            final = train(cfg, out, callbacks=callbacks, data=self.data, checkpoint_dir=out / CHECKPOINT_DIR,
+                          resume=resume).summary["final"]
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -108,6 +145,32 @@ class Objective:
         if run is not None:
             run.finish("COMPLETE", None, out)
         return tuple(float(final[name]) for name in self.cfg.objective_names)
+
+    def _retry_of(self, trial: optuna.Trial) -> int | None:
+        """The trial this one retries (the last of its retry history), or None."""
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        history = retry_history(frozen)
+        if not history:
+            return None
+        trial.set_user_attr("retry_of", history[-1])
+        for key in ("resumed_from_epoch", "resume_skipped"):  # copied from an earlier retry: not this one's
+            if key in trial.user_attrs:
+                trial.set_user_attr(key, None)
+        return history[-1]
+
+    def _take_checkpoint(self, trial: optuna.Trial, retry_of: int, out: Path, config: dict[str, Any]) -> bool:
+        """Copy trial ``retry_of``'s last checkpoint into ``out``; whether there is one to resume from."""
+        source = self.trials_dir / f"trial-{retry_of:04d}" / CHECKPOINT_DIR
+        state = checkpoint.read_state(source)
+        if state is None:
+            trial.set_user_attr("resume_skipped", f"trial {retry_of} left no checkpoint")
+            return False
+        mismatch = checkpoint.config_mismatch(state["summary"]["config"], config)
+        if mismatch:
+            trial.set_user_attr("resume_skipped", f"trial {retry_of}'s checkpoint has another config: "
+                                + "; ".join(mismatch[:5]))
+            return False
+        return checkpoint.copy_checkpoint(source, out / CHECKPOINT_DIR)
 
     def _constrain(self, trial: optuna.Trial, val_top1: float, baseline: bool) -> None:
         limit = self.cfg.max_accuracy_drop

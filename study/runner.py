@@ -3,8 +3,9 @@
 - Stores, both embedded SQLite in one runtime folder (``runs/`` by default): Optuna's
   ``<runs>/optuna.db``, MLflow's ``<runs>/mlflow.db`` with artifacts under ``<runs>/mlartifacts/``;
   trainer output per trial under ``<runs>/studies/<study>/trial-NNNN/``.
-- ``n_trials`` counts every trial of the study, the baseline and failed ones included: a new study
-  runs ``n_trials``; the same name again resumes and adds ``n_trials - existing`` (none if already there).
+- ``n_trials`` counts every trial of the study, the baseline and failed ones included, except a trial
+  whose worker died and that was retried (its retry counts instead): a new study runs ``n_trials``;
+  the same name again resumes and adds ``n_trials - existing`` (none if already there).
 - The first trial is the dense baseline (``prune.schedule=none``), enqueued with user attr
   ``baseline=True`` when the study has none that completed or is waiting.
 - A resumed study reseeds its sampler with (seed, finished trials), so that a second session does
@@ -13,17 +14,28 @@
 - Several worker processes may share one study (``workers`` > 1, ``adprune study --workers k`` or
   ``--gpus 0,1 --workers-per-gpu k``): this process prepares the study, each worker runs a fixed
   quota of trials against the same SQLite files (writers wait for each other's locks), and the
-  total is exact. Trials left RUNNING by a killed process are marked FAIL when the study is next
-  opened, so start a study's workers from one command.
+  total is exact.
+- Fault tolerance: every running trial beats a heartbeat into the Optuna storage (every
+  ``HEARTBEAT_INTERVAL_S``). A trial whose heartbeat is older than ``HEARTBEAT_GRACE_S`` lost its
+  worker (SIGKILL, out of memory, a dead machine): Optuna's ``fail_stale_trials``, which every worker
+  runs before each trial and this module runs when a session starts, marks it FAIL and calls
+  ``RetryDeadWorkerTrials``: Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a copy (same
+  params and user attrs, the baseline flag included) and the dead trial's MLflow run ends FAILED. The
+  copy continues from the dead trial's last epoch checkpoint (``study/objective.py``). A session that
+  finds RUNNING trials waits about the grace period for their heartbeats to go stale; trials that never
+  had one (left by a process without heartbeats) are marked FAIL at once and not retried.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
+import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +46,11 @@ from tqdm.auto import tqdm
 from adprune_core.config import config_to_dict
 from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
-from study.objective import Objective
+from study.objective import WORKER_ATTR, Objective, retry_history
 from study.pareto import describe_trial, pareto_trials
 from study.samplers import SAMPLERS
 from study.space import StudyConfig
-from study.tracking import StudyTracker
+from study.tracking import StudyTracker, end_dead_trial_run
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -48,22 +60,78 @@ def optuna_uri(runs_dir: str | Path) -> str:
 
 
 SQLITE_LOCK_TIMEOUT_S = 60
+HEARTBEAT_INTERVAL_S = 10  # a running trial writes its heartbeat this often
+HEARTBEAT_GRACE_S = 30  # a trial whose heartbeat is older lost its worker
+MAX_RETRY = 2  # retries of a trial whose worker died (a trial that kills its workers is not retried forever)
+HEARTBEAT_ENV = ("ADPRUNE_HEARTBEAT_INTERVAL_S", "ADPRUNE_HEARTBEAT_GRACE_S")  # overrides, e.g. for tests
+DEAD_WORKER_REASON = "worker died (no heartbeat)"
+LEFT_RUNNING_REASON = "left running by an interrupted process"
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace period) in seconds: the module constants, or the environment's overrides."""
+    values = []
+    for name, default in zip(HEARTBEAT_ENV, (HEARTBEAT_INTERVAL_S, HEARTBEAT_GRACE_S)):
+        raw = os.environ.get(name, "")
+        if not raw:
+            values.append(default)
+            continue
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"${name}: {raw!r} must be a whole number of seconds >= 1; unset it for {default}")
+        values.append(int(raw))
+    interval, grace = values
+    if grace <= interval:
+        raise ConfigError(f"${HEARTBEAT_ENV[1]}: grace period {grace} s must exceed the heartbeat interval "
+                          f"{interval} s, or every trial would look dead between two heartbeats")
+    return interval, grace
+
+
+class RetryDeadWorkerTrials:
+    """Optuna's heartbeat-stale trial callback: retry the trial and end its MLflow run FAILED.
+
+    Optuna calls it (from ``fail_stale_trials``, in whichever process notices) with a trial it has just
+    marked FAIL because its heartbeat stopped. Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a
+    WAITING copy with the same params and user attrs (``baseline`` included) and records the retry
+    history in the copy's system attrs, up to ``max_retry`` times per original trial."""
+
+    def __init__(self, runs_dir: str | Path, max_retry: int = MAX_RETRY) -> None:
+        self.runs_dir, self.max_retry = Path(runs_dir), max_retry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retried = len(retry_history(trial)) < self.max_retry  # Optuna's own rule, see the class docstring
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                end_dead_trial_run(self.runs_dir, run_id, DEAD_WORKER_REASON, retried)
+            except Exception as exc:  # tracking trouble must not stop the study: the Optuna side is done
+                logging.getLogger(__name__).warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
 
 
 def optuna_storage(runs_dir: str | Path) -> optuna.storages.RDBStorage:
-    """The study's SQLite storage; a writer waits up to a minute for another process's lock (several
-    workers share one file) instead of failing with "database is locked"."""
-    return optuna.storages.RDBStorage(optuna_uri(runs_dir),
-                                      engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}})
+    """The study's SQLite storage, with trial heartbeats and ``RetryDeadWorkerTrials``; a writer waits
+    up to a minute for another process's lock (several workers share one file) instead of failing
+    with "database is locked"."""
+    interval, grace = heartbeat_settings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            optuna_uri(runs_dir), engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}},
+            heartbeat_interval=interval, grace_period=grace,
+            heartbeat_stale_trial_callback=RetryDeadWorkerTrials(runs_dir))
 
 
 @dataclass
 class StudyReport:
     name: str
-    existing: int  # finished trials before this session
+    existing: int  # counted trials before this session (see ``counted_trials``)
     ran: int  # trials run in this session
     trials: list[dict[str, Any]]  # every trial, described
     pareto: list[dict[str, Any]]  # the Pareto front, described
+    retried: list[int] = field(default_factory=list)  # FAIL trials whose worker died and that were retried
 
 
 def study_record(cfg: StudyConfig) -> dict[str, Any]:
@@ -76,10 +144,13 @@ def study_record(cfg: StudyConfig) -> dict[str, Any]:
             "trainer": config_to_dict(cfg.trainer)}
 
 
-def open_study(cfg: StudyConfig, name: str, runs_dir: Path) -> optuna.Study:
-    """Create or load study ``name``; check it optimises the same objectives."""
+def open_study(cfg: StudyConfig, name: str, runs_dir: Path,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create or load study ``name`` (in ``storage``, default ``optuna_storage(runs_dir)``); check it
+    optimises the same objectives."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=optuna_storage(runs_dir), study_name=name, directions=list(cfg.directions),
+    study = optuna.create_study(storage=storage or optuna_storage(runs_dir), study_name=name,
+                                directions=list(cfg.directions),
                                 load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
     stored = study.user_attrs.get("objectives")
     mine = [f"{n} ({d})" for n, d in zip(cfg.objective_names, cfg.directions)]
@@ -92,13 +163,60 @@ def open_study(cfg: StudyConfig, name: str, runs_dir: Path) -> optuna.Study:
     return study
 
 
-def fail_stale_trials(study: optuna.Study) -> int:
-    """Mark trials a killed process left RUNNING as FAIL; returns how many."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted process")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    return len(stale)
+@dataclass
+class StaleTrials:
+    dead: list[int]  # heartbeat stopped: FAIL, retried (Optuna's mechanism, ``RetryDeadWorkerTrials``)
+    left_running: list[int]  # never had a heartbeat: FAIL with ``fail_reason``, not retried
+    alive: list[int]  # heartbeat still fresh after the wait: another process runs them; left alone
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, wait_s: float | None = None,
+                      log: Any = print) -> StaleTrials:
+    """Mark the RUNNING trials of ``study`` (in ``storage``) whose process is gone FAIL.
+
+    Trials our objective ran (user attr ``worker``) have heartbeats: Optuna's ``fail_stale_trials``
+    fails those whose heartbeat is older than the grace period and retries them. This waits up to
+    ``wait_s`` (default: grace period + interval + 2 s) for the heartbeats of such trials to go stale,
+    so a session started right after a crash still finds its dead trials. Other RUNNING trials were
+    left by a process without heartbeats (an older version, a bare ``study.ask()``): FAIL at once with
+    ``fail_reason`` "left running by an interrupted process", not retried."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not before:
+        return StaleTrials([], [], [])
+    study_id = storage.get_study_id_from_name(study.study_name)
+    left = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if WORKER_ATTR not in t.user_attrs]
+    for number in left:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        storage.set_trial_user_attr(trial_id, "fail_reason", LEFT_RUNNING_REASON)
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    interval, grace = heartbeat_settings()
+    wait_s = grace + interval + 2 if wait_s is None else wait_s  # the last beat may be an interval old
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        if not running or time.monotonic() >= deadline:
+            break
+        if not waited:
+            log(f"waiting up to {wait_s:g} s for the heartbeats of running trial(s) "
+                f"{', '.join(map(str, running))}: a trial whose heartbeat stops for {grace} s lost its worker")
+            waited = True
+        time.sleep(1.0)
+    # failed by the heartbeat: FAIL without a reason (a trial that raised records one, see objective.py)
+    dead = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number in before and t.number not in left and "fail_reason" not in t.user_attrs]
+    return StaleTrials(dead=dead, left_running=left, alive=running)
+
+
+def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that count towards ``n_trials``: every COMPLETE, PRUNED and FAIL trial except
+    the FAIL trials that a retry replaces (their worker died; the retry counts once it finishes)."""
+    replaced = {n for t in trials for n in retry_history(t)}
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced]
 
 
 def enqueue_baseline(study: optuna.Study) -> bool:
@@ -138,19 +256,29 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
     runs_dir = Path(runs_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    study = open_study(cfg, name, runs_dir)
-    stale = fail_stale_trials(study)
-    if stale:
-        log(f"marked {stale} trial(s) left running by an interrupted process as FAIL")
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, sampler_seed(cfg.sampler.seed, finished))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna_storage(runs_dir)
+    study = open_study(cfg, name, runs_dir, storage)
+    stale = fail_stale_trials(study, storage, log=log)
+    if stale.left_running:
+        log(f"marked {len(stale.left_running)} trial(s) left running by an interrupted process as FAIL")
+    if stale.dead:
+        log(f"marked {len(stale.dead)} trial(s) whose worker died as FAIL ({DEAD_WORKER_REASON}): "
+            f"{', '.join(map(str, stale.dead))}; each is retried (at most {MAX_RETRY} times) from its last "
+            "epoch checkpoint")
+    if stale.alive:
+        log(f"trial(s) {', '.join(map(str, stale.alive))} still beat their heartbeat: another process runs them")
+    trials = study.get_trials(deepcopy=False)
+    finished = len(counted_trials(trials))
+    ended = sum(t.state in FINISHED for t in trials)  # retried FAILs too: any earlier draw moves the seed
+    study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, sampler_seed(cfg.sampler.seed, ended))
     to_run = max(0, n_trials - finished)
     data = load_dataset(cfg.trainer.data) if to_run else None  # a data error ends the command before any trial
     if to_run and enqueue_baseline(study):
-        log("enqueued the dense baseline (prune.schedule=none) as the first trial" if finished == 0 else
+        log("enqueued the dense baseline (prune.schedule=none) as the first trial" if not trials else
             "re-enqueued the dense baseline (no completed baseline in the study)")
     _warn_epochs(study, cfg, log)
-    if finished:
+    if trials:
         log(f"resuming study {name!r}: {finished} trial(s) done; "
             + (f"adding {to_run} to reach {n_trials}" if to_run else f"already >= {n_trials}, nothing to run"))
     else:
@@ -158,7 +286,7 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
 
     if data is not None:
         tracker = StudyTracker(runs_dir, name, cfg.objective_names, cfg.directions)
-        tracker.open(study, study_record(cfg))
+        tracker.open(study, study_record(cfg), alive_run_ids=_run_ids(study, stale.alive))
         objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=progress)
         bar = tqdm(total=to_run, unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True,
                    position=0)
@@ -197,9 +325,16 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
 
 def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran: int) -> StudyReport:
     trials = study.get_trials(deepcopy=False)
+    retried = sorted({n for t in trials for n in retry_history(t)})
     return StudyReport(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
-                       pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)])
+                       pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)],
+                       retried=retried)
+
+
+def _run_ids(study: optuna.Study, numbers: list[int]) -> set[str]:
+    trials = study.get_trials(deepcopy=False)
+    return {t.user_attrs["mlflow_run_id"] for t in trials if t.number in numbers and "mlflow_run_id" in t.user_attrs}
 
 
 def _wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas: list[int], parent_run_id: str,
@@ -270,8 +405,9 @@ def _trial_line(trial: Any, names: tuple[str, ...]) -> str:
 def format_report(report: StudyReport, names: tuple[str, ...]) -> str:
     """The command's closing summary: counts and the Pareto front as a small table."""
     states = [t["state"] for t in report.trials]
+    retried = f", {len(report.retried)} of them retried after their worker died" if report.retried else ""
     lines = [f"study {report.name!r}: {len(states)} trials ({states.count('COMPLETE')} complete, "
-             f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed); ran {report.ran} now",
+             f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed{retried}); ran {report.ran} now",
              f"Pareto front ({len(report.pareto)}):",
              "  trial  " + "  ".join(f"{n:>15}" for n in names) + "  compression_flops  baseline"]
     for t in report.pareto:

@@ -15,6 +15,9 @@ under ``<runs>/mlartifacts/<study>/``;
   ``flops_after``; final metrics ``final/<key>`` (``final/val_top1``, ``final/compression_flops``, ...);
   artifacts ``summary.json``, ``prune_events.json``, ``density_width.png``, ``model/`` (the pruned
   network). Run status: FINISHED (COMPLETE), KILLED (PRUNED, interrupted), FAILED (FAIL).
+- a trial whose worker died (no heartbeat) ends FAILED with ``adprune.fail_reason`` "worker died (no
+  heartbeat)" and ``adprune.retried``; its retry's run is tagged ``adprune.retry_of`` (trial number)
+  and ``adprune.resumed_from_epoch``, and holds the resumed epochs' metrics too (from the checkpoint).
 """
 
 from __future__ import annotations
@@ -88,8 +91,11 @@ class StudyTracker:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
 
-    def open(self, study: Any, study_config: Mapping[str, Any]) -> str:
-        """Create or resume the parent run of ``study`` (its id is kept in the study's user attrs)."""
+    def open(self, study: Any, study_config: Mapping[str, Any], alive_run_ids: set[str] | frozenset[str] = frozenset()
+             ) -> str:
+        """Create or resume the parent run of ``study`` (its id is kept in the study's user attrs); end
+        the child runs left RUNNING by an interrupted process, except ``alive_run_ids`` (trials that
+        another process still runs)."""
         run = None
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id:
@@ -107,29 +113,33 @@ class StudyTracker:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_id = run.info.run_id
         self._log_json(self.parent_id, "study_config.json", study_config)
-        self._close_stale_children()
+        self._close_stale_children(alive_run_ids)
         return self.parent_id
 
     def attach(self, parent_run_id: str) -> None:
         """Use an existing parent run (opened by the process that started this worker)."""
         self.parent_id = parent_run_id
 
-    def _close_stale_children(self) -> None:
-        """Child runs left RUNNING by an interrupted process (one process runs a study at a time)."""
+    def _close_stale_children(self, alive_run_ids: set[str] | frozenset[str]) -> None:
+        """Child runs left RUNNING by an interrupted process (their Optuna trials are no longer RUNNING)."""
         stale = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
             f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"))
         for run in stale:
+            if run.info.run_id in alive_run_ids:
+                continue
             self.client.set_tag(run.info.run_id, "optuna.trial_state", "FAIL")
             self.client.set_tag(run.info.run_id, "adprune.fail_reason", "left running by an interrupted process")
             self.client.set_terminated(run.info.run_id, "FAILED")
 
     def start_trial(self, number: int, baseline: bool, params: Mapping[str, Any], config: Mapping[str, Any],
-                    out_dir: Path) -> TrialRun:
+                    out_dir: Path, retry_of: int | None = None) -> TrialRun:
         """A nested child run for trial ``number``: tags, resolved config and searched values as params."""
         tags = {"mlflow.parentRunId": self.parent_id, "optuna.study_name": self.study_name,
                 "optuna.trial_number": str(number), "optuna.trial_state": "RUNNING",
                 "adprune.baseline": str(baseline).lower(), "adprune.searched": ",".join(params),
                 "adprune.out_dir": str(out_dir)}
+        if retry_of is not None:
+            tags["adprune.retry_of"] = str(retry_of)
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}" + ("-baseline" * baseline),
                                      tags=tags)
         flat = flatten(config)
@@ -178,6 +188,15 @@ class TrialRun:
     def __init__(self, client: Any, run_id: str, name: str = "") -> None:
         self.client, self.run_id, self.name = client, run_id, name
         self.rounds = 0
+
+    def on_resume(self, summary: dict[str, Any]) -> None:
+        """The run continues a dead trial's checkpoint: log the finished epochs it did not recompute."""
+        self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary["resumed_from_epoch"]))
+        events = {e["epoch"]: e for e in summary["prune_events"]}
+        for record in summary["epochs"]:
+            self.on_epoch_end(record)
+            if record["epoch"] in events:
+                self.on_prune(events[record["epoch"]])
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -232,6 +251,18 @@ class TrialRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
         self.client.set_terminated(self.run_id, "KILLED" if interrupted else RUN_STATUS.get(state, "FAILED"))
+
+
+def end_dead_trial_run(runs_dir: str | Path, run_id: str, reason: str, retried: bool) -> None:
+    """End the MLflow run of a trial whose worker died: FAILED, tagged why and whether it was retried."""
+    _quiet_store_logs()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(runs_dir))
+    for key, value in (("optuna.trial_state", "FAIL"), ("adprune.fail_reason", reason),
+                       ("adprune.retried", str(retried).lower())):
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, "FAILED")
 
 
 def _now_ms() -> int:

@@ -1,0 +1,167 @@
+"""A study survives its worker: SIGKILL mid-trial -> FAIL (Optuna and MLflow), retried from the last epoch
+checkpoint without recomputing the finished epochs; Ctrl-C marks the trial and leaves nothing half-written.
+
+Real `adprune study` processes on a real SQLite Optuna storage and a real MLflow store in tmp_path; the
+heartbeat is shortened through the environment (1 s beat, 2 s grace) so that a dead worker shows in seconds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adprune_core.checkpoint import load_checkpoint, read_state
+from adprune_core.cli import main
+from study.runner import HEARTBEAT_ENV, heartbeat_settings
+from tests.helpers import TINY
+from tests.test_study_run import load, mlflow_runs
+
+EPOCHS = 4
+HEARTBEAT = {HEARTBEAT_ENV[0]: "1", HEARTBEAT_ENV[1]: "2"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def study_setup(tmp_path, monkeypatch):
+    for key, value in HEARTBEAT.items():
+        monkeypatch.setenv(key, value)
+    # longer epochs than TINY's, so that a trial is still running when the test kills its worker
+    base = {**TINY["base"], "data": {**TINY["base"]["data"], "train_size": 512}}
+    config = tmp_path / "faults.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "base": base, "fixed": {"train.epochs": EPOCHS}}, sort_keys=False))
+    args = ["study", "--config", str(config), "--runs-dir", str(tmp_path / "runs"), "--name", "tiny", "--no-progress"]
+    return tmp_path / "runs", args
+
+
+def start_worker(args, trials, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "adprune_core.cli", *args, "--trials", str(trials)]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **HEARTBEAT}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for_checkpoint(proc, ckpt: Path, log: Path, timeout=300.0) -> dict:
+    """Poll until the trial has checkpointed an epoch (>= 1); returns the checkpoint's state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(ckpt)
+        if state is not None:
+            return state
+        assert proc.poll() is None, f"the worker ended before its first checkpoint:\n{log.read_text()}"
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no checkpoint after {timeout} s:\n{log.read_text()}")
+
+
+def summary_epochs(trial_dir: Path) -> list[dict]:
+    """The epochs in a trial's summary.json: whole JSON whenever it exists; it does not yet when the process
+    died between the first epoch's checkpoint and its summary (the checkpoint comes first)."""
+    path = trial_dir / "summary.json"
+    return json.loads(path.read_text())["epochs"] if path.is_file() else []
+
+
+def test_killed_worker_trial_is_failed_retried_and_resumed(study_setup, tmp_path, capsys):
+    runs, args = study_setup
+    trial_dir = runs / "studies" / "tiny" / "trial-0000"
+    log = tmp_path / "worker.log"
+    proc = start_worker(args, 2, log)
+    wait_for_checkpoint(proc, trial_dir / "checkpoint", log)
+    proc.send_signal(signal.SIGKILL)  # mid-trial: the dense baseline, trial 0
+    assert proc.wait(30) == -signal.SIGKILL
+    saved = read_state(trial_dir / "checkpoint")
+    k = saved["epoch"]
+    assert 1 <= k < EPOCHS, f"the trial was not killed mid-run (checkpoint of epoch {k})"
+    dead = load(runs)
+    assert [t.state.name for t in dead] == ["RUNNING"]  # SIGKILL: nothing marked it
+    written = summary_epochs(trial_dir)
+
+    started = time.monotonic()
+    assert main([*args, "--trials", "2"]) == 0  # the same command again
+    session_s = time.monotonic() - started
+    out = capsys.readouterr().out
+    # (the session waits for the heartbeat to go stale, unless it already is: no assertion on the wait)
+    assert "whose worker died as FAIL (worker died (no heartbeat)): 0; each is retried" in out
+    assert "resuming study 'tiny': 0 trial(s) done; adding 2 to reach 2" in out
+
+    trials = load(runs)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    killed, retry, new = trials
+    assert retry.user_attrs["baseline"] is True and retry.params == {}  # the baseline's retry is the baseline
+    assert retry.user_attrs["retry_of"] == 0 and retry.system_attrs["failed_trial"] == 0
+    assert retry.user_attrs["resumed_from_epoch"] == k and "resume_skipped" not in retry.user_attrs
+    assert not new.user_attrs.get("baseline") and "retry_of" not in new.user_attrs
+    assert "fail_reason" not in killed.user_attrs  # Optuna refuses attrs on finished trials: MLflow says why
+
+    # epochs 1..k came from the checkpoint, not recomputed: identical records, wall times included
+    summary = json.loads((runs / "studies" / "tiny" / "trial-0001" / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] == k and [e["epoch"] for e in summary["epochs"]] == list(range(1, EPOCHS + 1))
+    assert summary["epochs"][:k] == saved["summary"]["epochs"]
+    assert summary["epochs"][:len(written)] == written
+    assert [r["epoch"] for r in retry.user_attrs["records"]] == list(range(1, EPOCHS + 1))
+    assert retry.user_attrs["final"]["status"] == "completed"
+    assert not (runs / "studies" / "tiny" / "trial-0001" / "checkpoint").exists()  # done: deleted
+    assert load_checkpoint(trial_dir / "checkpoint").epoch == k  # the dead trial's stays, as evidence
+
+    client, parents, children = mlflow_runs(runs)
+    assert parents[0].info.status == "FINISHED" and len(children) == 3
+    dead_run, retry_run, _ = children
+    assert dead_run.info.run_id == killed.user_attrs["mlflow_run_id"] and dead_run.info.status == "FAILED"
+    assert dead_run.data.tags["adprune.fail_reason"] == "worker died (no heartbeat)"
+    assert dead_run.data.tags["optuna.trial_state"] == "FAIL" and dead_run.data.tags["adprune.retried"] == "true"
+    assert retry_run.info.status == "FINISHED" and retry_run.data.tags["adprune.retry_of"] == "0"
+    assert retry_run.data.tags["adprune.resumed_from_epoch"] == str(k)
+    seconds = client.get_metric_history(retry_run.info.run_id, "seconds")
+    assert sorted(m.step for m in seconds) == list(range(1, EPOCHS + 1))  # resumed epochs logged too
+    assert [m.value for m in sorted(seconds, key=lambda m: m.step)][:k] == [e["seconds"] for e in saved["summary"]
+                                                                             ["epochs"]]
+    saved_s = sum(e["seconds"] for e in saved["summary"]["epochs"])
+    with capsys.disabled():  # the figures for the record (pytest -s shows them)
+        print(f"\nkilled after epoch {k}/{EPOCHS}: {saved_s:.2f} s of training kept; "
+              f"second session {session_s:.1f} s")
+
+    # the study is complete: the same command has nothing left to do, and says so
+    assert main([*args, "--trials", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to run" in out and "1 of them retried after their worker died" in out and len(load(runs)) == 3
+
+
+def test_ctrl_c_marks_the_trial_and_leaves_nothing_half_written(study_setup, tmp_path):
+    runs, args = study_setup
+    trial_dir = runs / "studies" / "tiny" / "trial-0000"
+    log = tmp_path / "worker.log"
+    proc = start_worker(args, 2, log)
+    wait_for_checkpoint(proc, trial_dir / "checkpoint", log)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(300) == 130, log.read_text()
+    assert "adprune: interrupted" in log.read_text()
+
+    (trial,) = load(runs)
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+    _, parents, children = mlflow_runs(runs)
+    assert parents[0].info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"]
+    assert children[0].data.tags["adprune.fail_reason"] == "interrupted"
+    assert not [p for p in runs.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left behind
+    assert len(summary_epochs(trial_dir)) <= read_state(trial_dir / "checkpoint")["epoch"]
+    assert load_checkpoint(trial_dir / "checkpoint").epoch >= 1  # a whole checkpoint
+
+
+def test_heartbeat_settings_from_the_environment(monkeypatch):
+    from adprune_core.errors import ConfigError
+
+    for key in HEARTBEAT_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert heartbeat_settings() == (10, 30)
+    monkeypatch.setenv(HEARTBEAT_ENV[0], "2")
+    monkeypatch.setenv(HEARTBEAT_ENV[1], "5")
+    assert heartbeat_settings() == (2, 5)
+    monkeypatch.setenv(HEARTBEAT_ENV[1], "2")
+    with pytest.raises(ConfigError, match="must exceed the heartbeat interval"):
+        heartbeat_settings()
+    monkeypatch.setenv(HEARTBEAT_ENV[0], "0.5")
+    with pytest.raises(ConfigError, match="whole number of seconds"):
+        heartbeat_settings()

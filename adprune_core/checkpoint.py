@@ -18,9 +18,8 @@ checkpoint or the new one, never a mix. Rebuilding the network is build the dens
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adprune_core.errors import ADPruneError
+from adprune_core.files import atomic_write
 
 FORMAT = "adprune-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -164,20 +164,6 @@ def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any],
     a, b = _flat(saved), _flat(current)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
             if k not in ignored and a.get(k) != b.get(k)]
-
-
-def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)``, flush it to disk, rename it to ``target``: ``target`` is never seen half-written,
-    and no temporary file is left behind when ``write`` fails or is interrupted."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

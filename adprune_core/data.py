@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from adprune_core.config import DATA_ROOT_ENV, DataConfig
 from adprune_core.errors import DataError
+from adprune_core.files import atomic_write
 from adprune_core.registry import Registry
 
 __all__ = ["DATASETS", "ImageData", "load_dataset", "DeviceLoader"]
@@ -651,24 +652,18 @@ def _write_disk_cache(folder: Path, data: ImageData, source: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for array in _ARRAYS:
-            _atomic_write(folder / f"{array}.npy",
-                          lambda f, a=array: np.save(f, getattr(data, a).numpy(), allow_pickle=False))
-        _atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+            atomic_write(folder / f"{array}.npy", lambda tmp, a=array: _save_npy(tmp, getattr(data, a).numpy()))
+        atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
     except OSError:
         pass  # a read-only or full cache directory only costs speed
 
 
-def _atomic_write(path: Path, write: Callable[[object], object]) -> None:
-    part = path.with_name(f"{path.name}.part{os.getpid()}")
-    try:
-        with open(part, "wb") as f:
-            write(f)
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-
-
 # --- small helpers ---------------------------------------------------------------------------------
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to a temporary name
+        np.save(f, array, allow_pickle=False)
+
 
 def _image_data(name: str, train_images: torch.Tensor, train_labels: torch.Tensor, val_images: torch.Tensor,
                 val_labels: torch.Tensor, classes: tuple[str, ...]) -> ImageData:

@@ -14,7 +14,6 @@ widths are enough; the history says where they came from.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from adprune_core.config import ModelConfig, config_from_dict
 from adprune_core.errors import ADPruneError
+from adprune_core.files import atomic_write
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import shrink_to_widths
@@ -42,7 +42,7 @@ def save_model(out_dir: str | Path, model: nn.Module, *, model_cfg: ModelConfig,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
-    _atomic(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     arch = {
         "format": FORMAT,
         "model": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(model_cfg).items()},
@@ -52,7 +52,7 @@ def save_model(out_dir: str | Path, model: nn.Module, *, model_cfg: ModelConfig,
         "history": history or [],
         "metadata": dict(metadata or {}),
     }
-    _atomic(out / ARCH_FILE, lambda tmp: tmp.write_text(json.dumps(arch, indent=2)))
+    atomic_write(out / ARCH_FILE, lambda tmp: tmp.write_text(json.dumps(arch, indent=2)))
     return out
 
 
@@ -78,10 +78,3 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
 def read_architecture(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / ARCH_FILE).read_text())
-
-
-def _atomic(target: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    write(tmp)
-    os.replace(tmp, target)

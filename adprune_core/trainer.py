@@ -47,6 +47,7 @@ from adprune_core.data import DeviceLoader, ImageData, load_dataset
 from adprune_core.density import ChannelCounts, DensityMeter
 from adprune_core.errors import ConfigError
 from adprune_core.export import save_model
+from adprune_core.files import atomic_write
 from adprune_core.graph import ModelGraph, analyse, prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import (
@@ -461,4 +462,4 @@ def _log(bar: tqdm, cfg: Config, record: dict[str, Any], events: list[dict[str, 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename): readers never see a half-written file."""
     text = json.dumps(payload, indent=2, default=float)
-    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -172,10 +172,14 @@ def runs_frame(client: Any, experiment_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["run_id"])
 
 
+MODEL_PREFIX = "adprune-"
+
+
 def registered_model_name(study: str) -> str:
-    """The registered model of a study's picks: ``adprune-<study>``, characters other than letters, digits,
-    ``_ . -`` turned into ``-`` (the rule of ``reports.pick.registered_model_name``, not imported: it pulls torch)."""
-    return "adprune-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.") or "study")
+    """The registered model of a study's picks: ``adprune-<study>``, with characters MLflow refuses
+    (anything but letters, digits, ``_ . -``) turned into ``-``. Kept here, free of torch, for the
+    report; ``reports.pick`` registers under it."""
+    return MODEL_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.") or "study")
 
 
 def picked_trials(client: Any, study: str) -> set[int]:

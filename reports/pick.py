@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -39,11 +38,11 @@ from adprune_core.config import config_from_dict
 from adprune_core.errors import ADPruneError
 from adprune_core.export import ARCH_FILE, WEIGHTS_FILE, load_model, read_architecture
 from reports.knee import FrontPoint, Knee, find_knee
+from reports.load import MODEL_PREFIX, registered_model_name
 from reports.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
 from study.tracking import tracking_uri
 
-MODEL_PREFIX = "adprune-"
 CONFIG_FILE, METRICS_FILE, README_FILE = "config.yaml", "metrics.json", "README.md"
 
 
@@ -61,11 +60,6 @@ class PickResult:
     metrics: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     reason: str | None = None  # why --knee chose this trial
-
-
-def registered_model_name(study: str) -> str:
-    """``adprune-<study>`` with characters MLflow refuses (``/``, ``:``, spaces...) turned into ``-``."""
-    return MODEL_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.") or "study")
 
 
 def alias_name(number: int) -> str:

@@ -9,6 +9,7 @@ import torch
 from adprune_core import checkpoint
 from adprune_core.config import ModelConfig, config_to_dict, load_config
 from adprune_core.errors import ConfigError
+from adprune_core.files import atomic_write
 from adprune_core.graph import analyse, prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import prune_groups, shrink_to_widths
@@ -76,7 +77,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(target, half_then_crash)
+        atomic_write(target, half_then_crash)
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [target.name]
     assert checkpoint.read_state(tmp_path)["epoch"] == 1
 

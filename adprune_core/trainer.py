@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adprune_core import checkpoint, costs, policy
+from adprune_core import checkpoint, costs, interrupts, policy
 from adprune_core.config import Config, TrainConfig, config_to_dict
 from adprune_core.data import DeviceLoader, ImageData, load_dataset
 from adprune_core.density import ChannelCounts, DensityMeter
@@ -202,70 +202,71 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     summary: dict[str, Any] = {"config": config_to_dict(cfg), "dataset": _describe(data),
                                "device": str(device), "init_widths": dict(init_widths or {}),
                                "epochs": [], "prune_events": [], "final": {}}
-    status, stop_reason = "completed", None
-    if saved is not None:
-        status = _resume(state, saved, summary, loader)
-        for cb in callbacks:
-            if hasattr(cb, "on_resume"):
-                cb.on_resume(summary)
-    first = len(summary["epochs"]) + 1
-    bar = tqdm(total=cfg.train.epochs * len(loader), initial=(first - 1) * len(loader), unit="step",
-               dynamic_ncols=True, disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")
-    try:
-        for epoch in range(first, cfg.train.epochs + 1):
-            if status != "completed":
-                break
-            started = time.perf_counter()
-            train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
-            val_top1 = evaluate(state.forward, val_loader, amp_dtype,
-                                channels_last=uses_channels_last(cfg.train, device))
-            counts = state.meter.read()
-            densities = _layer_densities(state.graph, counts)
-            state.density_history.append(densities)
-            state.train_flops_cum += state.train_flops_per_image * loader.num_samples
-            record = {"epoch": epoch, "lr": learning_rate(cfg.train, epoch - 1),
-                      "train_loss": train_loss, "train_top1": train_top1, "val_top1": val_top1,
-                      "densities": densities, "widths": state.graph.widths(), "params": state.params,
-                      "flops": state.flops, "train_flops_cum": state.train_flops_cum,
-                      "seconds": time.perf_counter() - started}
-            if not math.isfinite(train_loss):
-                status = "diverged"
-            elif _due(cfg, state, epoch):
-                event = _prune(state, cfg, data, counts, densities, epoch, example)
-                if event is not None:
-                    summary["prune_events"].append(event)
-                    for cb in callbacks:
-                        if hasattr(cb, "on_prune"):
-                            cb.on_prune(event)
-            record["seconds"] = time.perf_counter() - started
-            summary["epochs"].append(record)
-            if ckpt_dir is not None:  # before the callbacks: a callback that raises finds this epoch saved
-                summary["final"] = _final(status, record, state, dense, None)
-                _save_checkpoint(ckpt_dir, state, summary, status)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_top1:.3f}",
-                            params=f"{state.params / 1e6:.2f}M", refresh=False)
-            _log(bar, cfg, record, summary["prune_events"])
+    with interrupts.deferred():  # Ctrl-C stops after a step, never inside a checkpoint or a callback
+        status, stop_reason = "completed", None
+        if saved is not None:
+            status = _resume(state, saved, summary, loader)
             for cb in callbacks:
-                reason = cb.on_epoch_end(record) if hasattr(cb, "on_epoch_end") else None
-                if reason and status == "completed":
-                    status, stop_reason = "stopped", str(reason)
-            summary["final"] = _final(status, record, state, dense, stop_reason)
-            if out is not None:
-                write_json(out / SUMMARY_FILE, summary)
-            if status != "completed":
-                break
-    finally:
-        bar.close()
-        state.meter.remove()
+                if hasattr(cb, "on_resume"):
+                    cb.on_resume(summary)
+        first = len(summary["epochs"]) + 1
+        bar = tqdm(total=cfg.train.epochs * len(loader), initial=(first - 1) * len(loader), unit="step",
+                   dynamic_ncols=True, disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")
+        try:
+            for epoch in range(first, cfg.train.epochs + 1):
+                if status != "completed":
+                    break
+                started = time.perf_counter()
+                train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
+                val_top1 = evaluate(state.forward, val_loader, amp_dtype,
+                                    channels_last=uses_channels_last(cfg.train, device))
+                counts = state.meter.read()
+                densities = _layer_densities(state.graph, counts)
+                state.density_history.append(densities)
+                state.train_flops_cum += state.train_flops_per_image * loader.num_samples
+                record = {"epoch": epoch, "lr": learning_rate(cfg.train, epoch - 1),
+                          "train_loss": train_loss, "train_top1": train_top1, "val_top1": val_top1,
+                          "densities": densities, "widths": state.graph.widths(), "params": state.params,
+                          "flops": state.flops, "train_flops_cum": state.train_flops_cum,
+                          "seconds": time.perf_counter() - started}
+                if not math.isfinite(train_loss):
+                    status = "diverged"
+                elif _due(cfg, state, epoch):
+                    event = _prune(state, cfg, data, counts, densities, epoch, example)
+                    if event is not None:
+                        summary["prune_events"].append(event)
+                        for cb in callbacks:
+                            if hasattr(cb, "on_prune"):
+                                cb.on_prune(event)
+                record["seconds"] = time.perf_counter() - started
+                summary["epochs"].append(record)
+                if ckpt_dir is not None:  # before the callbacks: a callback that raises finds this epoch saved
+                    summary["final"] = _final(status, record, state, dense, None)
+                    _save_checkpoint(ckpt_dir, state, summary, status)
+                bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_top1:.3f}",
+                                params=f"{state.params / 1e6:.2f}M", refresh=False)
+                _log(bar, cfg, record, summary["prune_events"])
+                for cb in callbacks:
+                    reason = cb.on_epoch_end(record) if hasattr(cb, "on_epoch_end") else None
+                    if reason and status == "completed":
+                        status, stop_reason = "stopped", str(reason)
+                summary["final"] = _final(status, record, state, dense, stop_reason)
+                if out is not None:
+                    write_json(out / SUMMARY_FILE, summary)
+                if status != "completed":
+                    break
+        finally:
+            bar.close()
+            state.meter.remove()
 
-    if out is not None:
-        save_model(out / MODEL_DIR, state.model, model_cfg=cfg.model, num_classes=data.num_classes,
-                   image_shape=data.image_shape, group_widths={g.name: g.width for g in state.graph.groups},
-                   history=[{"epoch": e["epoch"], "kept_idxs": e["kept_idxs"]} for e in summary["prune_events"]],
-                   metadata={"final": summary["final"]})
-        write_json(out / SUMMARY_FILE, summary)
-    if ckpt_dir is not None:
-        checkpoint.remove_checkpoint(ckpt_dir)  # the run is over: model/ and summary.json hold what is left
+        if out is not None:
+            save_model(out / MODEL_DIR, state.model, model_cfg=cfg.model, num_classes=data.num_classes,
+                       image_shape=data.image_shape, group_widths={g.name: g.width for g in state.graph.groups},
+                       history=[{"epoch": e["epoch"], "kept_idxs": e["kept_idxs"]} for e in summary["prune_events"]],
+                       metadata={"final": summary["final"]})
+            write_json(out / SUMMARY_FILE, summary)
+        if ckpt_dir is not None:
+            checkpoint.remove_checkpoint(ckpt_dir)  # the run is over: model/ and summary.json hold what is left
     return TrainResult(summary, state.model, out)
 
 
@@ -342,6 +343,7 @@ def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: i
             loss_sum += loss.detach() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             bar.update(1)
+            interrupts.check()
     finally:
         state.meter.active = False
     n = loader.num_samples if not getattr(loader, "drop_last", False) else steps * cfg.batch_size

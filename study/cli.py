@@ -105,7 +105,8 @@ def _run_study(args: argparse.Namespace) -> int:
     def spawn(rank: int, quota: int, parent_run_id: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "adprune_core.cli", *args.argv, "--no-progress", "--worker-rank", str(rank),
                "--worker-quota", str(quota), "--parent-run", parent_run_id]
-        return subprocess.Popen(cmd, env={**os.environ, **envs[rank]})
+        # its own session: a Ctrl-C at the terminal reaches this process only, which passes it on once
+        return subprocess.Popen(cmd, env={**os.environ, **envs[rank]}, start_new_session=True)
 
     report = run_study(cfg, name, args.trials, runs_dir, progress=not args.no_progress, workers=len(envs),
                        spawn=spawn)

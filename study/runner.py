@@ -43,6 +43,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from adprune_core import interrupts
 from adprune_core.config import config_to_dict
 from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
@@ -299,26 +300,28 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
             else:
                 log(line)
             bar.update(1)
+            interrupts.check()  # between two trials: a Ctrl-C stops here, the finished trial recorded
 
         status = "FAILED"
-        try:
-            if workers > 1:
-                if spawn is None:
-                    raise ValueError("several workers need a spawn function")
-                # The baseline runs here, alone and first: the workers' constraints and stopper compare with it.
-                here = 1 if _baseline_waiting(study) else 0
-                study.optimize(objective, n_trials=here, catch=(Exception,), callbacks=[after])
+        with interrupts.deferred():  # the first Ctrl-C stops at a safe point: after a step, between trials
+            try:
+                if workers > 1:
+                    if spawn is None:
+                        raise ValueError("several workers need a spawn function")
+                    # The baseline runs here, alone and first: the workers' constraints and stopper compare with it.
+                    here = 1 if _baseline_waiting(study) else 0
+                    study.optimize(objective, n_trials=here, catch=(Exception,), callbacks=[after])
+                    bar.close()
+                    status = _wait_for_workers(spawn, split_quotas(to_run - here, workers), tracker.parent_id, log)
+                else:
+                    study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])
+                    status = "FINISHED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                raise
+            finally:
                 bar.close()
-                status = _wait_for_workers(spawn, split_quotas(to_run - here, workers), tracker.parent_id, log)
-            else:
-                study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])
-                status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            bar.close()
-            tracker.close(status)
+                tracker.close(status)
 
     return _report(study, cfg, name, finished, to_run)
 
@@ -346,19 +349,30 @@ def _wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas
         return "FINISHED"
     log(f"starting {len(quotas)} worker processes with {', '.join(map(str, quotas))} trial(s) each")
     procs = [spawn(rank, quota, parent_run_id) for rank, quota in enumerate(quotas)]
+    forwarded = False
     try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+        while any(p.poll() is None for p in procs):
+            if interrupts.requested() and not forwarded:  # the first Ctrl-C: each worker stops at a safe point
+                _signal_alive(procs)
+                forwarded = True
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # the second: the workers stop at once too
+        _signal_alive(procs)
         for p in procs:
             p.wait()
         raise
+    codes = [p.returncode for p in procs]
+    interrupts.check()
     failed = [rank for rank, code in enumerate(codes) if code != 0]
     if failed:
         log(f"worker(s) {', '.join(map(str, failed))} exited with an error; their finished trials are kept")
     return "FAILED" if failed else "FINISHED"
+
+
+def _signal_alive(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
 
 
 def run_worker(cfg: StudyConfig, name: str, quota: int, runs_dir: str | Path, rank: int, parent_run_id: str,
@@ -379,8 +393,10 @@ def run_worker(cfg: StudyConfig, name: str, quota: int, runs_dir: str | Path, ra
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         tracker.after_trial(study, trial)
         log(f"[worker {rank}] {_trial_line(trial, cfg.objective_names)}")
+        interrupts.check()
 
-    study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
+    with interrupts.deferred():
+        study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
 
 
 def _warn_epochs(study: optuna.Study, cfg: StudyConfig, log: Any) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adprune_core import interrupts
 from adprune_core.checkpoint import load_checkpoint, read_state
 from adprune_core.cli import main
 from study.runner import HEARTBEAT_ENV, heartbeat_settings
@@ -138,7 +139,7 @@ def test_ctrl_c_marks_the_trial_and_leaves_nothing_half_written(study_setup, tmp
     wait_for_checkpoint(proc, trial_dir / "checkpoint", log)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(300) == 130, log.read_text()
-    assert "adprune: interrupted" in log.read_text()
+    assert "adprune: interrupted" in log.read_text() and interrupts.MESSAGE in log.read_text()
 
     (trial,) = load(runs)
     assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"

@@ -44,6 +44,7 @@ from adprune_core.models import TORCHVISION_PREFIX, build_model
 from adprune_core.trainer import train
 from reports.trial_lookup import StudyView, trial_model_dir
 from study.plots import layer_curves, render
+from study.stores import location
 from study.tracking import PLOT_FILE, TrialRun, flatten
 
 KINDS = ("scratch", "uniform")
@@ -223,7 +224,7 @@ def _start_run(view: StudyView, trial: FrozenTrial, kind: str, client: Any, cfg:
 
     exp = client.get_experiment_by_name(view.name)
     if exp is None:
-        raise ADPruneError(f"study {view.name!r} has no MLflow experiment in {view.runs_dir / 'mlflow.db'}; "
+        raise ADPruneError(f"study {view.name!r} has no MLflow experiment in {location(view.stores.tracking_uri)}; "
                            "was it run with another --runs-dir?")
     tags = {"adprune.role": "control", "adprune.control_of": str(trial.number), "adprune.control_kind": kind,
             "optuna.study_name": view.name, "adprune.out_dir": str(out)}

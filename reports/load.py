@@ -14,7 +14,6 @@ User errors (no storage, unknown study, ambiguous study) raise ``ConfigError``.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,49 +23,45 @@ import pandas as pd
 
 from adprune_core.errors import ConfigError
 from reports.pareto import CONTROL_KINDS, METRICS, ControlInput, TrialInput
+from study.stores import Stores, location, sqlite_path
 
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
 _PICK_ALIAS = re.compile(r"^trial-(\d+)$")
 
 
-def optuna_path(runs_dir: str | Path) -> Path:
-    return Path(runs_dir) / "optuna.db"
-
-
-def mlflow_path(runs_dir: str | Path) -> Path:
-    return Path(runs_dir) / "mlflow.db"
-
-
-def study_names(runs_dir: str | Path) -> list[str]:
-    """The names of the studies in ``<runs_dir>/optuna.db``, sorted; ConfigError when it does not exist."""
+def study_names(where: Stores | str | Path) -> list[str]:
+    """The names of the studies in the Optuna storage (``Stores.of(where)``), sorted; ``ConfigError``
+    when an embedded storage does not exist (Optuna would create an empty one) or cannot be opened."""
     import optuna
 
-    from study.runner import optuna_uri
+    from study.runner import optuna_storage
 
-    path = optuna_path(runs_dir)
-    if not path.is_file():
-        raise ConfigError(f"no Optuna storage at {path}; run a study first (make study) or pass --runs-dir "
-                          "(make report RUNS_DIR=...)")
+    stores = Stores.of(where)
+    path = sqlite_path(stores.optuna_url)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"no Optuna storage at {path}; run a study first (make study), or pass its folder with "
+                          "--runs-dir (make ... RUNS_DIR=dir) or its URL with --storage (make ... STORAGE=url)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return sorted(optuna.get_all_study_names(optuna_uri(runs_dir)))
+    return sorted(optuna.get_all_study_names(optuna_storage(stores)))
 
 
-def resolve_study(runs_dir: str | Path, name: str | None) -> str:
+def resolve_study(where: Stores | str | Path, name: str | None) -> str:
     """``name`` when the storage holds it; without a name, the storage's only study.
 
     ConfigError names the known studies when ``name`` is unknown, or when there are several and no name.
     """
-    names = study_names(runs_dir)
-    where = optuna_path(runs_dir)
+    stores = Stores.of(where)
+    names = study_names(stores)
+    at = location(stores.optuna_url)
     if not names:
-        raise ConfigError(f"no studies in {where}; run one first (make study)")
+        raise ConfigError(f"no studies in {at}; run one first (make study)")
     if name is None:
         if len(names) == 1:
             return names[0]
-        raise ConfigError(f"{where} holds {len(names)} studies ({', '.join(names)}); pick one with --study NAME "
-                          "(make report STUDY=NAME)")
+        raise ConfigError(f"{at} holds {len(names)} studies ({', '.join(names)}); name one with --study NAME "
+                          "(make ... STUDY=NAME)")
     if name not in names:
-        raise ConfigError(f"unknown study {name!r} in {where}; known: {', '.join(names)}")
+        raise ConfigError(f"unknown study {name!r} in {at}; known: {', '.join(names)}")
     return name
 
 
@@ -104,30 +99,34 @@ class StudyData:
         return set(self.runs["run_id"]) if len(self.runs) else set()
 
 
-def load_study_data(runs_dir: str | Path, name: str | None = None,
+def load_study_data(where: Stores | str | Path, name: str | None = None,
                     mlflow_url: str = DEFAULT_MLFLOW_URL) -> StudyData:
-    """Read study ``name`` (see ``resolve_study``) and its MLflow runs from ``runs_dir``."""
+    """Read study ``name`` (see ``resolve_study``) and its MLflow runs from its stores (``Stores.of(where)``)."""
     import optuna
 
-    from study.runner import optuna_uri
+    from study.runner import optuna_storage
+    from study.tracking import mlflow_client
 
-    runs_dir = Path(runs_dir)
-    name = resolve_study(runs_dir, name)
-    study = optuna.load_study(study_name=name, storage=optuna_uri(runs_dir))
+    stores = Stores.of(where)
+    name = resolve_study(stores, name)
+    study = optuna.load_study(study_name=name, storage=optuna_storage(stores))
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     if not trials:
-        raise ConfigError(f"study {name!r} in {optuna_path(runs_dir)} has no trials yet; run it (make study)")
+        raise ConfigError(f"study {name!r} in {location(stores.optuna_url)} has no trials yet; run it (make study)")
     directions = tuple(d.name.lower() for d in study.directions)
-    data = StudyData(name=name, runs_dir=runs_dir, names=objective_names(study.user_attrs, len(directions), name),
+    data = StudyData(name=name, runs_dir=stores.runs_dir,
+                     names=objective_names(study.user_attrs, len(directions), name),
                      directions=directions, trials=trials, runs=pd.DataFrame(columns=["run_id"]),
                      parent_run_id=study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
-    if not mlflow_path(runs_dir).is_file():
-        data.notes.append(f"no MLflow store at {mlflow_path(runs_dir)}: no links, controls or picks")
+    tracking = location(stores.tracking_uri)
+    path = sqlite_path(stores.tracking_uri)
+    if path is not None and not path.is_file():
+        data.notes.append(f"no MLflow store at {tracking}: no links, controls or picks")
         return data
-    data.client = client = mlflow_client(runs_dir)
+    data.client = client = mlflow_client(stores)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        data.notes.append(f"no MLflow experiment {name!r} in {mlflow_path(runs_dir)}: no links, controls or picks")
+        data.notes.append(f"no MLflow experiment {name!r} in {tracking}: no links, controls or picks")
         return data
     data.experiment_id = exp.experiment_id
     data.runs = runs_frame(client, exp.experiment_id)
@@ -143,16 +142,6 @@ def objective_names(user_attrs: dict[str, Any], n: int, study: str) -> tuple[str
         raise ConfigError(f"study {study!r} records objectives {stored!r}, not {n} of {', '.join(METRICS)}; "
                           "it was not made by adprune study, which the report needs")
     return names
-
-
-def mlflow_client(runs_dir: str | Path) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    from study.tracking import tracking_uri
-
-    for logger in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(logger).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=tracking_uri(runs_dir))
 
 
 def runs_frame(client: Any, experiment_id: str) -> pd.DataFrame:

@@ -41,7 +41,8 @@ from reports.knee import FrontPoint, Knee, find_knee
 from reports.load import MODEL_PREFIX, registered_model_name
 from reports.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
-from study.tracking import tracking_uri
+from study.stores import Stores, redact, sqlite_path
+from study.tracking import mlflow_client as study_mlflow_client
 
 CONFIG_FILE, METRICS_FILE, README_FILE = "config.yaml", "metrics.json", "README.md"
 
@@ -140,19 +141,14 @@ def input_description(config: Mapping[str, Any], image_shape: list[int]) -> dict
 
 # --- the registry --------------------------------------------------------------------------------
 
-def mlflow_client(runs_dir: str | Path) -> Any:
-    """An MlflowClient on the study's SQLite store, tracking and registry alike."""
-    if not (Path(runs_dir) / "mlflow.db").is_file():
-        raise ADPruneError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'}; run a study first (make study) or "
-                           "pass its folder with --runs-dir")
-    import logging
-
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(runs_dir)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+def mlflow_client(where: Stores | str | Path) -> Any:
+    """An MlflowClient on the study's tracking store, tracking and registry alike."""
+    stores = Stores.of(where)
+    path = sqlite_path(stores.tracking_uri)
+    if path is not None and not path.is_file():
+        raise ADPruneError(f"no MLflow store at {path}; run a study first (make study), or pass its folder with "
+                           "--runs-dir or its URL with --tracking")
+    return study_mlflow_client(stores)
 
 
 def register(client: Any, name: str, trial: FrozenTrial, study: str, out_dir: Path,
@@ -208,11 +204,11 @@ def _mlflow_env(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def download_registered(runs_dir: str | Path, name: str, alias: str, dst: Path) -> Path:
+def download_registered(where: Stores | str | Path, name: str, alias: str, dst: Path) -> Path:
     """The folder behind ``models:/<name>@<alias>`` in the study's registry, downloaded to ``dst``."""
     import mlflow
 
-    uri = tracking_uri(runs_dir)
+    uri = Stores.of(where).tracking_uri
     with _mlflow_env(uri):
         return Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{alias}", dst_path=str(dst),
                                                         tracking_uri=uri, registry_uri=uri))
@@ -234,7 +230,7 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else default_out_dir(view.runs_dir, view.name, trial.number)
     off_front = pareto_note(view, trial)
     notes = [off_front] if off_front else []
-    client = mlflow_client(view.runs_dir)
+    client = mlflow_client(view.stores)
     with tempfile.TemporaryDirectory() as tmp:
         source_dir = trial_model_dir(trial, client, Path(tmp) / "trial")
         out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +246,7 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
         name, alias = registered_model_name(view.name), alias_name(trial.number)
         version, source = register(client, name, trial, view.name, out, metrics)
         checks = {"export_identical": same_outputs(source_dir, out),
-                  "mlflow_identical": same_outputs(source_dir, download_registered(view.runs_dir, name, alias,
+                  "mlflow_identical": same_outputs(source_dir, download_registered(view.stores, name, alias,
                                                                                    Path(tmp) / "registry"))}
     onnx = export_onnx(load_model(out), out / ONNX_FILE, tuple(arch["image_shape"]))
     if onnx.get("error"):
@@ -262,7 +258,7 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
               "objectives": dict(zip(view.objective_names, trial.values)), "on_pareto_front": off_front is None,
               **metrics, "params_searched": dict(trial.params),
               "input": input_description(config, arch["image_shape"]), "num_classes": arch["num_classes"],
-              "registry": {"tracking_uri": tracking_uri(view.runs_dir), "name": name, "version": version.version,
+              "registry": {"tracking_uri": redact(view.stores.tracking_uri), "name": name, "version": version.version,
                            "alias": alias, "uri": f"models:/{name}@{alias}", "source": source},
               "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "onnx": onnx, "checks": checks,
               "knee_reason": reason}

@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ADPruneError
-
-
-def _runs_dir(args: argparse.Namespace) -> Path:
-    from study.cli import default_runs_dir
-
-    return Path(args.runs_dir or default_runs_dir())
+from study.cli import add_store_args, stores_from_args
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", default=None, help="runtime folder holding optuna.db and mlflow.db "
-                                                    "(default $RUNS_DIR or runs)")
+    add_store_args(p)
     p.add_argument("--study", default=None, help="study name (default: the store's only study)")
     p.add_argument("--trial", type=int, default=None, help="trial number (a COMPLETE trial)")
 
@@ -45,7 +38,7 @@ def _run_pick(args: argparse.Namespace) -> int:
     from reports.pick import choose_trial, pick
     from reports.trial_lookup import open_study
 
-    view = open_study(_runs_dir(args), args.study)
+    view = open_study(stores_from_args(args), args.study)
     trial, reason = choose_trial(view, args.trial, args.knee)
     result = pick(view, trial, args.out, reason)
     m = result.metrics
@@ -83,12 +76,12 @@ def _run_control(args: argparse.Namespace) -> int:
     from reports.pick import mlflow_client
     from reports.trial_lookup import completed_trial, open_study
 
-    view = open_study(_runs_dir(args), args.study)
+    view = open_study(stores_from_args(args), args.study)
     if args.trial is None:
         raise ADPruneError(f"--trial N is required (make control TRIAL=n); the Pareto trials of study "
                            f"{view.name!r}: {view.pareto_numbers()}")
     trial = completed_trial(view, args.trial)
-    results = run_controls(view, trial, mlflow_client(view.runs_dir), args.uniform,
+    results = run_controls(view, trial, mlflow_client(view.stores), args.uniform,
                            log=lambda line: print(line, flush=True))
     rows = comparison_rows(trial, results, view.baseline)
     print(format_comparison(rows))

@@ -1,6 +1,7 @@
 """``adprune report``, registered into ``adprune_core.cli.SUBCOMMANDS``.
 
-    adprune report [--runs-dir runs] [--study NAME] [--out DIR] [--mlflow-url http://127.0.0.1:5000] [--no-log]
+    adprune report [--runs-dir runs] [--storage URL] [--tracking URI] [--study NAME] [--out DIR]
+                   [--mlflow-url http://127.0.0.1:5000] [--no-log]
 
 Reads the study (without ``--study``: the storage's only one) and its MLflow runs, writes
 ``<runs>/reports/<study>/`` (``index.html``, ``summary.md``, ``trials.csv``, ``pareto.csv``; see
@@ -20,6 +21,8 @@ from adprune_core.cli import SUBCOMMANDS
 from reports.load import DEFAULT_MLFLOW_URL, StudyData, load_study_data
 from reports.render import write_report
 from reports.report import Report, build_report
+from study.cli import add_store_args, stores_from_args
+from study.stores import Stores, redact
 
 ARTIFACT_DIR = "report"
 
@@ -37,13 +40,18 @@ class ReportResult:
     seconds: float
 
 
-def make_report(runs_dir: str | Path, study: str | None = None, out_dir: str | Path | None = None,
-                mlflow_url: str = DEFAULT_MLFLOW_URL, log_to_mlflow: bool = True) -> ReportResult:
-    """Load -> compute -> write -> log. ``out_dir`` defaults to ``report_dir(runs_dir, study)``."""
+def make_report(where: Stores | str | Path, study: str | None = None, out_dir: str | Path | None = None,
+                mlflow_url: str | None = None, log_to_mlflow: bool = True) -> ReportResult:
+    """Load -> compute -> write -> log, from the study's stores (``Stores.of(where)``). ``out_dir``
+    defaults to ``report_dir(runs_dir, study)``; ``mlflow_url`` (the UI the links point to) to the
+    tracking server, or ``make ui``'s address for embedded stores."""
     start = time.perf_counter()
-    data = load_study_data(runs_dir, study, mlflow_url)
+    stores = Stores.of(where)
+    if mlflow_url is None:
+        mlflow_url = redact(stores.tracking_uri) if stores.tracking_server else DEFAULT_MLFLOW_URL
+    data = load_study_data(stores, study, mlflow_url)
     report = build_report(data)
-    paths = write_report(report, out_dir or report_dir(runs_dir, data.name))
+    paths = write_report(report, out_dir or report_dir(stores.runs_dir, data.name))
     logged = log_report(data, paths) if log_to_mlflow else None
     return ReportResult(report, paths, logged, time.perf_counter() - start)
 
@@ -58,20 +66,17 @@ def log_report(data: StudyData, paths: list[Path]) -> str | None:
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    from study.cli import RUNS_DIR_ENV
-
-    p.add_argument("--runs-dir", default=None, help=f"runtime folder of the study (default ${RUNS_DIR_ENV} or runs)")
-    p.add_argument("--study", help="study name (default: the only study in <runs>/optuna.db)")
+    add_store_args(p)
+    p.add_argument("--study", help="study name (default: the storage's only study)")
     p.add_argument("--out", help="output folder (default <runs>/reports/<study>)")
-    p.add_argument("--mlflow-url", default=DEFAULT_MLFLOW_URL,
-                   help=f"base URL of the MLflow UI the report links to (default {DEFAULT_MLFLOW_URL}, make ui)")
+    p.add_argument("--mlflow-url", default=None,
+                   help=f"base URL of the MLflow UI the report links to (default: the tracking server, or "
+                        f"{DEFAULT_MLFLOW_URL} of make ui)")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the study's parent MLflow run")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from study.cli import default_runs_dir
-
-    result = make_report(args.runs_dir or default_runs_dir(), args.study, args.out, args.mlflow_url,
+    result = make_report(stores_from_args(args), args.study, args.out, args.mlflow_url,
                          log_to_mlflow=not args.no_log)
     r = result.report
     print(f"study {r.study!r}: {sum(r.states.values())} trials, {len(r.pareto)} on the Pareto front "

@@ -1,6 +1,7 @@
 """Finding a study and one of its trials in the runtime folder, for ``adprune pick`` and ``adprune control``.
 
-Reads the stores ``study.runner`` writes (``<runs>/optuna.db``, ``<runs>/mlflow.db``); never creates one.
+Reads the stores ``study.runner`` writes (``study.stores``: embedded in the runtime folder, or servers);
+never creates one.
 Every user mistake (no store, unknown study, trial out of range, a trial without a final network) is an
 ``ADPruneError`` whose one line names the value, the rule and the fix.
 """
@@ -16,13 +17,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adprune_core.errors import ADPruneError
+from reports.load import resolve_study
 from study.pareto import feasible, pareto_trials
-from study.runner import optuna_uri
+from study.runner import optuna_storage
+from study.stores import Stores
 
 
 @dataclass
 class StudyView:
-    """A loaded study: its name, runtime folder, trials (by number) and objectives."""
+    """A loaded study: its name, runtime folder, trials (by number), objectives and stores."""
 
     name: str
     runs_dir: Path
@@ -30,6 +33,7 @@ class StudyView:
     trials: list[FrozenTrial]
     objective_names: tuple[str, ...]
     directions: tuple[str, ...]
+    stores: Stores
 
     @property
     def pareto(self) -> list[FrozenTrial]:
@@ -52,28 +56,11 @@ class StudyView:
         return ", ".join(numbers) if numbers else "none"
 
 
-def study_names(runs_dir: Path) -> list[str]:
-    """Names of the studies in ``<runs_dir>/optuna.db``; ADPruneError when there is no such store."""
-    db = Path(runs_dir) / "optuna.db"
-    if not db.is_file():  # checked first: Optuna would create an empty store
-        raise ADPruneError(f"no Optuna store at {db}; run a study first (make study) or pass the folder that "
-                           "holds optuna.db with --runs-dir (make ... RUNS_DIR=dir)")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return sorted(optuna.get_all_study_names(storage=optuna_uri(runs_dir)))
-
-
-def open_study(runs_dir: str | Path, name: str | None) -> StudyView:
-    """Study ``name`` from ``runs_dir``; without a name, the store's only study."""
-    runs_dir = Path(runs_dir)
-    names = study_names(runs_dir)
-    if name is None:
-        if len(names) != 1:
-            raise ADPruneError(f"{runs_dir / 'optuna.db'} holds {len(names)} studies "
-                               f"({', '.join(names) or 'none'}); name one with --study (make ... STUDY=name)")
-        name = names[0]
-    elif name not in names:
-        raise ADPruneError(f"unknown study {name!r} in {runs_dir / 'optuna.db'}; known: {', '.join(names) or 'none'}")
-    study = optuna.load_study(study_name=name, storage=optuna_uri(runs_dir))
+def open_study(where: Stores | str | Path, name: str | None) -> StudyView:
+    """Study ``name`` from its stores (``Stores.of(where)``); without a name, the storage's only study."""
+    stores = Stores.of(where)
+    name = resolve_study(stores, name)
+    study = optuna.load_study(study_name=name, storage=optuna_storage(stores))
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     stored = study.user_attrs.get("objectives")  # ["val_top1 (maximize)", ...], written by study.runner
     if stored:
@@ -81,7 +68,7 @@ def open_study(runs_dir: str | Path, name: str | None) -> StudyView:
     else:
         names_ = ("val_top1", "flops", "train_flops_cum")[:len(study.directions)]
     directions = tuple(d.name.lower() for d in study.directions)
-    return StudyView(name, runs_dir, study, trials, names_, directions)
+    return StudyView(name, stores.runs_dir, study, trials, names_, directions, stores)
 
 
 def completed_trial(view: StudyView, number: int) -> FrozenTrial:

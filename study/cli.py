@@ -1,11 +1,16 @@
-"""``adprune study`` and ``adprune ui``, registered into ``adprune_core.cli.SUBCOMMANDS``.
+"""``adprune study``, ``adprune worker``, ``adprune mlflow-server`` and ``adprune ui``, registered into
+``adprune_core.cli.SUBCOMMANDS``.
 
     adprune study [--dataset synthetic] [--model vgg11] [--trials N] [--epochs E] [--name NAME]
-                  [--data PATH] [--seed S] [--runs-dir runs] [--config FILE] [--set KEY=VALUE ...]
+                  [--data PATH] [--seed S] [--runs-dir runs] [--storage URL] [--tracking URI]
+                  [--config FILE] [--set KEY=VALUE ...] [--workers K | --gpus 0,1 --workers-per-gpu K]
+    adprune worker --study NAME [--storage URL] [--tracking URI] [--trials N] [--data PATH] [--set KEY=VALUE ...]
+    adprune mlflow-server [--backend-store URI] [--artifacts DIR] [--host 127.0.0.1] [--port 5001]
     adprune ui [--runs-dir runs] [--port 5000]
 
 ``--set`` takes trainer keys (added to the study's ``fixed``) or ``sampler.*``, ``stopper.*``,
-``constraints.*`` keys. The runtime folder defaults to ``$RUNS_DIR`` or ``runs``.
+``constraints.*`` keys. The runtime folder defaults to ``$RUNS_DIR`` or ``runs``; the stores to the
+embedded SQLite files there, or ``$ADPRUNE_STORAGE`` / ``$ADPRUNE_TRACKING`` (``study.stores``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,46 @@ from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ConfigError
+from study.stores import STORAGE_ENV, TRACKING_ENV, Stores, location, redact
 
 RUNS_DIR_ENV = "RUNS_DIR"
 DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
+STORE_FLAGS = ("--storage", "--tracking")
+MLFLOW_SERVER_PORT = 5001
 
 
 def default_runs_dir() -> str:
     return os.environ.get(RUNS_DIR_ENV) or "runs"
+
+
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    """``--runs-dir``, ``--storage`` and ``--tracking``: where a command finds the study's records."""
+    p.add_argument("--runs-dir", default=None,
+                   help=f"runtime folder: trial outputs, and the embedded stores (default ${RUNS_DIR_ENV} or runs)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help=f"Optuna storage URL, e.g. postgresql://USER@HOST:5432/DB (default ${STORAGE_ENV}, "
+                        "else <runs>/optuna.db)")
+    p.add_argument("--tracking", default=None, metavar="URI",
+                   help=f"MLflow tracking URI, e.g. http://HOST:5001 from make mlflow-server (default "
+                        f"${TRACKING_ENV}, else <runs>/mlflow.db)")
+
+
+def stores_from_args(args: argparse.Namespace) -> Stores:
+    return Stores.resolve(args.runs_dir or default_runs_dir(), args.storage, args.tracking)
+
+
+def without_store_flags(argv: list[str]) -> list[str]:
+    """``argv`` without ``--storage``/``--tracking`` and their values (workers get them from the environment,
+    where other users' ``ps`` does not show a password)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in STORE_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in STORE_FLAGS)):
+            out.append(arg)
+    return out
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -36,7 +74,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="study name (default <dataset>-<model>, or the study file's name)")
     p.add_argument("--data", help="dataset folder or zip (data.root)")
     p.add_argument("--seed", type=int, help="sampler seed (sampler.seed)")
-    p.add_argument("--runs-dir", default=None, help=f"runtime folder for both stores (default ${RUNS_DIR_ENV} or runs)")
+    add_store_args(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trainer key (train.batch_size=64) or a study key (sampler.name=nsga2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars, one line per trial")
@@ -92,36 +130,105 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.no_progress:
         values["train.progress"] = False
     cfg = load_study_config(path, args.overrides, values)
-    runs_dir = Path(args.runs_dir or default_runs_dir())
+    stores = stores_from_args(args)
     name = args.name or default_name
-    print(f"study {name!r} from {path}: optuna {runs_dir / 'optuna.db'}, mlflow {runs_dir / 'mlflow.db'}")
+    print(f"study {name!r} from {path}: {stores.describe()}")
     if args.worker_rank is not None:
         from study.runner import run_worker
 
-        run_worker(cfg, name, args.worker_quota, runs_dir, args.worker_rank, args.parent_run)
+        run_worker(cfg, name, stores, args.parent_run, quota=args.worker_quota, rank=args.worker_rank)
         return 0
     envs = worker_envs(args.workers, args.gpus, args.workers_per_gpu, os.cpu_count() or 1)
 
     def spawn(rank: int, quota: int, parent_run_id: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "adprune_core.cli", *args.argv, "--no-progress", "--worker-rank", str(rank),
-               "--worker-quota", str(quota), "--parent-run", parent_run_id]
+        cmd = [sys.executable, "-m", "adprune_core.cli", *without_store_flags(args.argv), "--no-progress",
+               "--worker-rank", str(rank), "--worker-quota", str(quota), "--parent-run", parent_run_id]
         # its own session: a Ctrl-C at the terminal reaches this process only, which passes it on once
-        return subprocess.Popen(cmd, env={**os.environ, **envs[rank]}, start_new_session=True)
+        return subprocess.Popen(cmd, env={**os.environ, **envs[rank], **stores.child_env()}, start_new_session=True)
 
-    report = run_study(cfg, name, args.trials, runs_dir, progress=not args.no_progress, workers=len(envs),
+    report = run_study(cfg, name, args.trials, stores, progress=not args.no_progress, workers=len(envs),
                        spawn=spawn)
     print(format_report(report, cfg.objective_names))
-    print(f"browse: make ui{'' if runs_dir == Path('runs') else f' RUNS_DIR={runs_dir}'}  "
-          f"(adprune ui --runs-dir {runs_dir})")
+    if stores.tracking_server:
+        print(f"browse: {redact(stores.tracking_uri)}")
+    else:
+        runs_dir = args.runs_dir or default_runs_dir()
+        print(f"browse: make ui{'' if runs_dir == 'runs' else f' RUNS_DIR={runs_dir}'}  "
+              f"(adprune ui --runs-dir {runs_dir})")
     return 0
+
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="name of the running study to join")
+    add_store_args(p)
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials to run here (default: until the study holds the number its make study asked for)")
+    p.add_argument("--data", help="this machine's dataset folder or zip (data.root), if not where the study's is")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trainer key on this machine, e.g. train.device=cuda:1")
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """Join a study from any machine that reaches its stores; its config comes from the study itself."""
+    from study.runner import join_study
+
+    join_study(args.study, stores_from_args(args), args.trials, args.overrides,
+               {"data.root": args.data} if args.data else None)
+    return 0
+
+
+def mlflow_server_command(backend_store: str, artifacts: str | Path, host: str, port: int,
+                          workers: int = 2) -> list[str]:
+    """The ``mlflow server`` command line: runs and the model registry in ``backend_store``, artifacts
+    served by the server from the folder ``artifacts`` (clients need no access to it)."""
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store,
+            "--serve-artifacts", "--artifacts-destination", Path(artifacts).resolve().as_uri(),
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def _mlflow_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=None, help=f"runtime folder (default ${RUNS_DIR_ENV} or runs)")
+    p.add_argument("--backend-store", default=None, metavar="URI",
+                   help="database for runs and models, e.g. postgresql://USER@HOST:5432/mlflow "
+                        "(default sqlite <runs>/mlflow-server.db)")
+    p.add_argument("--artifacts", default=None, help="artifact folder (default <runs>/mlflow-server-artifacts)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1; 0.0.0.0 lets other machines in: no authentication)")
+    p.add_argument("--port", type=int, default=MLFLOW_SERVER_PORT, help=f"port (default {MLFLOW_SERVER_PORT})")
+    p.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+
+
+def _run_mlflow_server(args: argparse.Namespace) -> int:
+    from study.stores import DATABASES, check_url, sqlite_url
+
+    runs_dir = Path(args.runs_dir or default_runs_dir())
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    backend_store = (check_url(args.backend_store, "the MLflow server's database", DATABASES, "--backend-store",
+                               "postgresql://USER@HOST:5432/mlflow or sqlite:///path/mlflow-server.db")
+                     if args.backend_store else sqlite_url(runs_dir / "mlflow-server.db"))
+    artifacts = Path(args.artifacts or runs_dir / "mlflow-server-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    if not _has_mlflow():
+        raise ConfigError("mlflow is not installed; run make install")
+    shown_host = "HOST" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"MLflow tracking server on http://{args.host}:{args.port}: runs in {location(backend_store)}, "
+          f"artifacts in {artifacts}  (Ctrl-C stops it)\n"
+          f"  studies and workers use it with --tracking http://{shown_host}:{args.port} "
+          f"(make study TRACKING=..., make worker TRACKING=...)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: bound to {args.host}: anyone who reaches this port can read and write runs "
+              "(MLflow's server has no authentication by default)", file=sys.stderr)
+    try:
+        return subprocess.call(mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers))
+    except KeyboardInterrupt:
+        return 0
 
 
 def ui_command(runs_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[str]:
     """The ``mlflow ui`` command line for the study stores under ``runs_dir``."""
-    from study.tracking import artifact_root, tracking_uri
-
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(runs_dir),
-            "--default-artifact-root", artifact_root(runs_dir).as_uri(), "--host", host, "--port", str(port),
+    stores = Stores.resolve(runs_dir, env={})  # the embedded store of that folder
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", stores.tracking_uri,
+            "--default-artifact-root", stores.artifact_root.as_uri(), "--host", host, "--port", str(port),
             "--workers", "1"]
 
 
@@ -151,4 +258,8 @@ def _has_mlflow() -> bool:
 
 
 SUBCOMMANDS["study"] = ("search the pruning design space with Optuna, tracked in MLflow", _study_args, _run_study)
+SUBCOMMANDS["worker"] = ("join a running study from this machine (its config comes from the study)", _worker_args,
+                         _run_worker)
+SUBCOMMANDS["mlflow-server"] = ("start an MLflow tracking server for studies on several machines",
+                                _mlflow_server_args, _run_mlflow_server)
 SUBCOMMANDS["ui"] = ("start the MLflow UI for the study stores", _ui_args, _run_ui)

@@ -28,18 +28,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -50,17 +54,22 @@ from adprune_core.errors import ConfigError
 from study.objective import WORKER_ATTR, Objective, retry_history
 from study.pareto import describe_trial, pareto_trials
 from study.samplers import SAMPLERS
-from study.space import StudyConfig
+from study.space import StudyConfig, study_config_from_spec
+from study.stores import (
+    Stores,
+    backend,
+    check_tracking_reachable,
+    connection_error,
+    engine_kwargs,
+    serialize_sqlite_transactions,
+)
 from study.tracking import StudyTracker, end_dead_trial_run
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+SPEC_ATTR = "study_spec"  # study user attr: the study config as plain data, for workers that join
+TARGET_ATTR = "trials_target"  # study user attr: n_trials of the last ``run_study``
 
 
-def optuna_uri(runs_dir: str | Path) -> str:
-    return f"sqlite:///{(Path(runs_dir) / 'optuna.db').resolve()}"
-
-
-SQLITE_LOCK_TIMEOUT_S = 60
 HEARTBEAT_INTERVAL_S = 10  # a running trial writes its heartbeat this often
 HEARTBEAT_GRACE_S = 30  # a trial whose heartbeat is older lost its worker
 MAX_RETRY = 2  # retries of a trial whose worker died (a trial that kills its workers is not retried forever)
@@ -95,8 +104,8 @@ class RetryDeadWorkerTrials:
     WAITING copy with the same params and user attrs (``baseline`` included) and records the retry
     history in the copy's system attrs, up to ``max_retry`` times per original trial."""
 
-    def __init__(self, runs_dir: str | Path, max_retry: int = MAX_RETRY) -> None:
-        self.runs_dir, self.max_retry = Path(runs_dir), max_retry
+    def __init__(self, stores: Stores, max_retry: int = MAX_RETRY) -> None:
+        self.stores, self.max_retry = stores, max_retry
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -107,22 +116,32 @@ class RetryDeadWorkerTrials:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             try:
-                end_dead_trial_run(self.runs_dir, run_id, DEAD_WORKER_REASON, retried)
+                end_dead_trial_run(self.stores, run_id, DEAD_WORKER_REASON, retried)
             except Exception as exc:  # tracking trouble must not stop the study: the Optuna side is done
                 logging.getLogger(__name__).warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
 
 
-def optuna_storage(runs_dir: str | Path) -> optuna.storages.RDBStorage:
-    """The study's SQLite storage, with trial heartbeats and ``RetryDeadWorkerTrials``; a writer waits
-    up to a minute for another process's lock (several workers share one file) instead of failing
-    with "database is locked"."""
+def optuna_storage(stores: Stores | str | Path) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage (``stores.optuna_url``), with trial heartbeats and
+    ``RetryDeadWorkerTrials``. Shared by several processes: SQLite transactions are serialised and wait
+    up to a minute for another process's lock, servers get a connect timeout (``study.stores``). A
+    storage that cannot be opened is a one-line ``ConfigError``, its password redacted."""
+    stores = Stores.of(stores)
+    url = stores.optuna_url
     interval, grace = heartbeat_settings()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            optuna_uri(runs_dir), engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}},
-            heartbeat_interval=interval, grace_period=grace,
-            heartbeat_stale_trial_callback=RetryDeadWorkerTrials(runs_dir))
+    if backend(url) == "sqlite":
+        Path(url.partition(":///")[2]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs(url), heartbeat_interval=interval, grace_period=grace,
+                heartbeat_stale_trial_callback=RetryDeadWorkerTrials(stores))
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise connection_error(exc, url, "the Optuna storage", "--storage") from None
+    if backend(url) == "sqlite":
+        serialize_sqlite_transactions(storage.engine)
+    return storage
 
 
 @dataclass
@@ -145,23 +164,33 @@ def study_record(cfg: StudyConfig) -> dict[str, Any]:
             "trainer": config_to_dict(cfg.trainer)}
 
 
-def open_study(cfg: StudyConfig, name: str, runs_dir: Path,
+def open_study(cfg: StudyConfig, name: str, stores: Stores | str | Path,
                storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """Create or load study ``name`` (in ``storage``, default ``optuna_storage(runs_dir)``); check it
+    """Create or load study ``name`` (in ``storage``, default ``optuna_storage(stores)``); check it
     optimises the same objectives."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=storage or optuna_storage(runs_dir), study_name=name,
+    stores = Stores.of(stores)
+    stores.runs_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(storage=storage or optuna_storage(stores), study_name=name,
                                 directions=list(cfg.directions),
                                 load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
     stored = study.user_attrs.get("objectives")
     mine = [f"{n} ({d})" for n, d in zip(cfg.objective_names, cfg.directions)]
     have = [d.name.lower() for d in study.directions]
     if (stored is not None and stored != mine) or have != list(cfg.directions):
-        raise ConfigError(f"study {name!r} in {runs_dir} optimises {stored or have}, not {mine}; "
-                          "use another --name (or --runs-dir) for different objectives")
+        raise ConfigError(f"study {name!r} in {stores.describe()} optimises {stored or have}, not {mine}; "
+                          "use another --name (or --runs-dir / --storage) for different objectives")
     if stored is None:
         study.set_user_attr("objectives", mine)
     return study
+
+
+def load_existing_study(name: str, storage: optuna.storages.RDBStorage, stores: Stores) -> optuna.Study:
+    """Study ``name`` as it is in ``storage``; a one-line ``ConfigError`` naming the known studies if absent."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise ConfigError(f"--study: no study {name!r} in {stores.describe()}; known: {', '.join(names) or 'none'} "
+                          "(start it with make study, then join it)")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 @dataclass
@@ -244,22 +273,28 @@ def split_quotas(trials: int, workers: int) -> list[int]:
     return [q for q in (base + (1 if r < extra else 0) for r in range(workers)) if q > 0]
 
 
-def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, progress: bool = True,
+def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str | Path, progress: bool = True,
               log: Any = print, workers: int = 1,
               spawn: Callable[[int, int, str], subprocess.Popen] | None = None) -> StudyReport:
     """Run (or resume) study ``name`` until it holds ``n_trials`` trials; see the module docstring.
 
-    With ``workers`` > 1 this process prepares the study (stale trials, the baseline, the MLflow
-    parent run) and ``spawn(rank, quota, parent_run_id)`` starts each worker process, which runs
-    ``run_worker`` for its fixed quota of trials: the total is exact, with no race between workers."""
+    ``stores``: where the study lives (``study.stores.Stores``; a runtime folder means its embedded
+    SQLite stores). With ``workers`` > 1 this process prepares the study (stale trials, the baseline,
+    the MLflow parent run) and ``spawn(rank, quota, parent_run_id)`` starts each worker process, which
+    runs ``run_worker`` for its fixed quota of trials: the total is exact, with no race between workers.
+    The study's config and ``n_trials`` are stored with it, for workers that join it (``join_study``)."""
     if n_trials < 1:
         raise ConfigError(f"--trials: {n_trials} must be >= 1 (the baseline counts as one)")
-    runs_dir = Path(runs_dir)
+    stores = Stores.of(stores)
+    runs_dir = stores.runs_dir
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna_storage(runs_dir)
-    study = open_study(cfg, name, runs_dir, storage)
+    storage = optuna_storage(stores)
+    check_tracking_reachable(stores)
+    study = open_study(cfg, name, stores, storage)
+    study.set_user_attr(SPEC_ATTR, json.loads(cfg.spec))
+    study.set_user_attr(TARGET_ATTR, n_trials)
     stale = fail_stale_trials(study, storage, log=log)
     if stale.left_running:
         log(f"marked {len(stale.left_running)} trial(s) left running by an interrupted process as FAIL")
@@ -286,7 +321,7 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, runs_dir: str | Path, 
         log(f"new study {name!r}: {to_run} trial(s), the baseline included")
 
     if data is not None:
-        tracker = StudyTracker(runs_dir, name, cfg.objective_names, cfg.directions)
+        tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
         tracker.open(study, study_record(cfg), alive_run_ids=_run_ids(study, stale.alive))
         objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=progress)
         bar = tqdm(total=to_run, unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True,
@@ -375,28 +410,78 @@ def _signal_alive(procs: list[subprocess.Popen]) -> None:
             p.send_signal(signal.SIGINT)
 
 
-def run_worker(cfg: StudyConfig, name: str, quota: int, runs_dir: str | Path, rank: int, parent_run_id: str,
-               log: Any = print) -> None:
-    """One worker process of a multi-worker study: ``quota`` trials of the (already prepared) study."""
-    runs_dir = Path(runs_dir)
+def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_run_id: str, *,
+               quota: int | None = None, target: int | None = None, rank: int | None = None,
+               log: Any = print) -> int:
+    """Run trials of the (already prepared) study ``name`` in this process; returns how many it ran.
+
+    ``quota``: exactly that many trials (the workers ``run_study`` starts). ``target``: until the study
+    holds that many (``counted_trials`` plus those running): workers that finish at the same moment may
+    each start one more, so a study can overshoot its target by up to the number of workers, less one.
+    ``rank`` numbers the workers ``run_study`` starts (their sampler seeds follow from it); a worker
+    that joins from elsewhere (``rank`` None) draws from a seed of its host and process."""
+    if (quota is None) == (target is None):
+        raise ValueError("give a worker either a quota or a target")
+    stores = Stores.of(stores)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=name, storage=optuna_storage(runs_dir))
+    storage = optuna_storage(stores)
+    study = load_existing_study(name, storage, stores)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    # each worker draws its own suggestions: same seed, shifted by rank
-    study.sampler = SAMPLERS.get(cfg.sampler.name)(
-        cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + 7919 * (rank + 1)) % 2**32)
+    # each worker draws its own suggestions: the study's seed, shifted by rank (or host and process)
+    shift = 7919 * (rank + 1) if rank is not None else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + shift)
+                                                   % 2**32)
+    tag = f"worker {rank}" if rank is not None else f"{socket.gethostname()}:{os.getpid()}"
+    if target is not None and _reached(study, target):
+        log(f"[{tag}] study {name!r} already holds its {target} trial(s): nothing to run")
+        return 0
     data = load_dataset(cfg.trainer.data)
-    tracker = StudyTracker(runs_dir, name, cfg.objective_names, cfg.directions)
+    tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
     tracker.attach(parent_run_id)
-    objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=False)
+    objective = Objective(cfg, data, stores.runs_dir / "studies" / name, tracker, progress=False)
+    ran = 0
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
         tracker.after_trial(study, trial)
-        log(f"[worker {rank}] {_trial_line(trial, cfg.objective_names)}")
+        log(f"[{tag}] {_trial_line(trial, cfg.objective_names)}")
+        if target is not None and _reached(study, target):
+            study.stop()
         interrupts.check()
 
     with interrupts.deferred():
         study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
+    return ran
+
+
+def _reached(study: optuna.Study, target: int) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    return len(counted_trials(trials)) + sum(t.state == TrialState.RUNNING for t in trials) >= target
+
+
+def join_study(name: str, stores: Stores | str | Path, trials: int | None = None, overrides: Sequence[str] = (),
+               values: Mapping[str, Any] | None = None, log: Any = print) -> int:
+    """``adprune worker``: join study ``name`` (started by ``run_study``, perhaps on another machine) with
+    the config stored in it, ``overrides`` applied (e.g. this machine's ``data.root``); run ``trials``
+    trials, or until the study holds its target. Returns how many trials this process ran."""
+    stores = Stores.of(stores)
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials: {trials} must be >= 1, or left out to run until the study holds its target")
+    storage = optuna_storage(stores)
+    check_tracking_reachable(stores)
+    study = load_existing_study(name, storage, stores)
+    attrs = study.user_attrs
+    if SPEC_ATTR not in attrs or "mlflow_parent_run_id" not in attrs:
+        raise ConfigError(f"study {name!r} holds no study config (it was started by an older adprune); "
+                          "run make study for it once with this version, then join it")
+    cfg = study_config_from_spec(attrs[SPEC_ATTR], overrides, values, source=f"study {name!r}")
+    target = None if trials is not None else int(attrs[TARGET_ATTR])
+    log(f"joined study {name!r} ({stores.describe()}): "
+        + (f"{trials} trial(s)" if trials is not None else f"until it holds {target} trial(s)"))
+    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], quota=trials, target=target, log=log)
+    log(f"ran {ran} trial(s) of study {name!r}")
+    return ran
 
 
 def _warn_epochs(study: optuna.Study, cfg: StudyConfig, log: Any) -> None:

@@ -37,10 +37,11 @@ when the earlier categorical keys it names took one of the listed values.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ class StudyConfig:
     max_accuracy_drop: float | None = None
     stopper: StopperSpec | None = None
     source: str = "<inline>"
+    spec: str = field(default="{}", compare=False, repr=False)  # JSON: the study as plain data, base resolved
 
     @property
     def objective_names(self) -> tuple[str, ...]:
@@ -222,21 +224,40 @@ def load_study_config(path: str | Path, overrides: Iterable[str] = (),
     trainer key added to ``fixed``. Raises ``ConfigError`` (one line: file, key, value, rule, fix).
     """
     path = Path(path)
-    raw = read_yaml(path)
+    raw = _apply_overrides(read_yaml(path), overrides, values, str(path))
+    try:
+        return study_config_from_dict(raw, base_dir=path.parent, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def study_config_from_spec(spec: Mapping[str, Any], overrides: Iterable[str] = (),
+                           values: Mapping[str, Any] | None = None, source: str = "<stored>") -> StudyConfig:
+    """A study as stored with it (``StudyConfig.spec``, e.g. in the Optuna study a worker joins), with
+    overrides applied as in ``load_study_config`` (``data.root=...`` for this machine's copy of the data)."""
+    raw = _apply_overrides(json.loads(json.dumps(spec)), overrides, values, source)
+    try:
+        return study_config_from_dict(raw, source=source)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _apply_overrides(raw: Any, overrides: Iterable[str], values: Mapping[str, Any] | None, where: str) -> Any:
+    """``KEY=VALUE`` strings and ``values``: a study-section key changes that section, any other dotted key
+    is a trainer key added to ``fixed``."""
     pairs = [(".".join(k), v) for k, v in map(parse_override, overrides)] + list((values or {}).items())
+    if pairs and not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of study keys, got {type(raw).__name__}")
     for key, value in pairs:
         section, _, name = key.partition(".")
         if section in STUDY_SECTIONS:
             target = raw.get(section) or {}
             if not isinstance(target, dict):
-                raise ConfigError(f"{path}: {section}: expected a mapping, got {target!r}")
+                raise ConfigError(f"{where}: {section}: expected a mapping, got {target!r}")
             raw[section] = {**target, name: value}
         else:
             raw["fixed"] = {**(raw.get("fixed") or {}), key: value}
-    try:
-        return study_config_from_dict(raw, base_dir=path.parent, source=str(path))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return raw
 
 
 def study_config_from_dict(raw: Any, base_dir: Path = Path("."), source: str = "<inline>") -> StudyConfig:
@@ -250,7 +271,9 @@ def study_config_from_dict(raw: Any, base_dir: Path = Path("."), source: str = "
     cfg = StudyConfig(trainer=trainer, space=space, objectives=_objectives(raw["objectives"]),
                       sampler=_section(SamplerSpec, "sampler", raw.get("sampler")),
                       max_accuracy_drop=_constraints(raw.get("constraints")),
-                      stopper=_stopper(raw.get("stopper")), source=source)
+                      stopper=_stopper(raw.get("stopper")), source=source,
+                      spec=json.dumps({**{k: v for k, v in raw.items() if k not in ("base", "fixed")},
+                                       "base": config_to_dict(trainer)}, sort_keys=True, default=str))
     SAMPLERS.get(cfg.sampler.name)
     _check_samples(cfg)
     return cfg

@@ -1,7 +1,8 @@
 """MLflow tracking of a study (like optuna-integration's ``MLflowCallback``, but ours).
 
-Layout, in an embedded SQLite store (no server): one experiment per study, named after it, artifacts
-under ``<runs>/mlartifacts/<study>/``;
+Layout, in the study's tracking store (``study.stores``: embedded SQLite by default, or a tracking
+server): one experiment per study, named after it, artifacts under ``<runs>/mlartifacts/<study>/``
+(embedded) or where the server keeps them;
 - a parent run for the study (run name = study name, tag ``adprune.role=study``): the study config
   (params, ``study_config.json``), and after every trial ``pareto_front.json`` and the metrics
   ``pareto_size``, ``trials_complete``, ``trials_pruned``, ``trials_failed`` (step = trial number);
@@ -33,19 +34,12 @@ from typing import Any
 
 from study.pareto import describe_trial, pareto_trials
 from study.plots import layer_curves, render
+from study.stores import Stores
 
 EPOCH_METRICS = ("train_loss", "train_top1", "val_top1", "lr", "params", "flops", "train_flops_cum", "seconds")
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 PLOT_FILE = "density_width.png"
 _MAX_PARAMS, _MAX_METRICS = 100, 1000  # per log_batch call
-
-
-def tracking_uri(runs_dir: str | Path) -> str:
-    return f"sqlite:///{(Path(runs_dir) / 'mlflow.db').resolve()}"
-
-
-def artifact_root(runs_dir: str | Path) -> Path:
-    return (Path(runs_dir) / "mlartifacts").resolve()
 
 
 def metric_name(name: str) -> str:
@@ -73,16 +67,15 @@ def _quiet_store_logs() -> None:
 class StudyTracker:
     """The study's MLflow experiment and parent run; hands out a ``TrialRun`` per trial."""
 
-    def __init__(self, runs_dir: str | Path, study_name: str, objective_names: Sequence[str],
+    def __init__(self, stores: Stores | str | Path, study_name: str, objective_names: Sequence[str],
                  directions: Sequence[str]) -> None:
-        _quiet_store_logs()
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking_uri(runs_dir))
+        stores = Stores.of(stores)
+        self.client = mlflow_client(stores)
         self.study_name, self.names, self.directions = study_name, tuple(objective_names), tuple(directions)
         exp = self.client.get_experiment_by_name(study_name)
-        if exp is None:
-            location = (artifact_root(runs_dir) / metric_name(study_name).replace("/", "_")).as_uri()
+        if exp is None:  # a tracking server picks the artifact location itself (and serves the artifacts)
+            root = stores.artifact_root
+            location = (root / metric_name(study_name).replace("/", "_")).as_uri() if root is not None else None
             self.experiment_id = self.client.create_experiment(study_name, artifact_location=location,
                                                                tags={"adprune.study": study_name})
         else:
@@ -253,12 +246,18 @@ class TrialRun:
         self.client.set_terminated(self.run_id, "KILLED" if interrupted else RUN_STATUS.get(state, "FAILED"))
 
 
-def end_dead_trial_run(runs_dir: str | Path, run_id: str, reason: str, retried: bool) -> None:
-    """End the MLflow run of a trial whose worker died: FAILED, tagged why and whether it was retried."""
+def mlflow_client(stores: Stores | str | Path) -> Any:
+    """An ``MlflowClient`` on the study's tracking store (``Stores.tracking_uri``), its model registry too."""
     _quiet_store_logs()
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri(runs_dir))
+    uri = Stores.of(stores).tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def end_dead_trial_run(stores: Stores | str | Path, run_id: str, reason: str, retried: bool) -> None:
+    """End the MLflow run of a trial whose worker died: FAILED, tagged why and whether it was retried."""
+    client = mlflow_client(stores)
     for key, value in (("optuna.trial_state", "FAIL"), ("adprune.fail_reason", reason),
                        ("adprune.retried", str(retried).lower())):
         client.set_tag(run_id, key, value)

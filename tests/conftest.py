@@ -15,3 +15,12 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"no shared data at {path} (set ADPRUNE_SHARED_DATA to its folder)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _embedded_stores(monkeypatch):
+    """Tests use the stores they create: a developer's $ADPRUNE_STORAGE / $ADPRUNE_TRACKING must not leak in."""
+    from study.stores import STORAGE_ENV, TRACKING_ENV
+
+    for name in (STORAGE_ENV, TRACKING_ENV):
+        monkeypatch.delenv(name, raising=False)

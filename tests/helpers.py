@@ -6,6 +6,17 @@ from torch import nn
 from adprune_core.config import ModelConfig
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
+from study.stores import Stores
+
+
+def optuna_uri(runs) -> str:
+    """The embedded Optuna storage URL of runtime folder ``runs``."""
+    return Stores.resolve(runs, env={}).optuna_url
+
+
+def tracking_uri(runs) -> str:
+    """The embedded MLflow tracking URI of runtime folder ``runs``."""
+    return Stores.resolve(runs, env={}).tracking_uri
 
 
 def small_model(name: str, width_mult: float = 0.125, num_classes: int = 10, side: int = 32) -> nn.Module:

@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 
 import adprune_core.cli
 from adprune_core.cli import main
-from study.runner import optuna_uri, run_study
+from study.runner import run_study
 from study.space import load_study_config
-from tests.helpers import TINY
+from tests.helpers import TINY, optuna_uri
 
 NAME = "tiny"
 

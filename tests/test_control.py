@@ -20,8 +20,7 @@ from reports.control import (
     uniform_width_mult,
     verdict,
 )
-from study.runner import optuna_uri
-from study.tracking import tracking_uri
+from tests.helpers import optuna_uri, tracking_uri
 from tests.pick_study import NAME, adprune, build
 
 

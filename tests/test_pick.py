@@ -17,8 +17,7 @@ from adprune_core.export import load_model
 from adprune_core.trainer import evaluate
 from reports.onnx_export import fixed_input
 from reports.pick import pick_metrics, readme_text, registered_model_name
-from study.runner import optuna_uri
-from study.tracking import tracking_uri
+from tests.helpers import optuna_uri, tracking_uri
 from tests.pick_study import NAME, adprune, build
 
 
@@ -186,7 +185,7 @@ def test_bad_picks_are_one_line_errors(tiny, tmp_path, capsys, monkeypatch, argv
 
 def test_store_and_study_errors(tmp_path, capsys, monkeypatch):
     assert adprune(monkeypatch, "pick", "--runs-dir", str(tmp_path / "empty"), "--trial", "1") == 2
-    assert "no Optuna store at " in capsys.readouterr().err
+    assert "no Optuna storage at " in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()  # looking did not create a store
     for name in ("b", "a"):
         optuna.create_study(storage=optuna_uri(tmp_path), study_name=name)

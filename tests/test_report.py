@@ -18,9 +18,9 @@ from reports.load import load_study_data, registered_model_name, trial_history
 from reports.report import build_report
 from reports.report_cli import report_dir
 from study.pareto import pareto_trials
-from study.runner import optuna_uri, run_study
+from study.runner import run_study
 from study.space import study_config_from_dict
-from study.tracking import tracking_uri
+from tests.helpers import optuna_uri, tracking_uri
 
 MLFLOW_URL = "http://mlflow.example:5123"
 STUDY = "tiny"
@@ -208,7 +208,7 @@ def test_bad_input_is_one_line_and_exit_2(built, tmp_path, capsys):
     two.mkdir()
     for name in ("b", "a"):
         optuna.create_study(study_name=name, storage=optuna_uri(two), directions=["maximize", "minimize", "minimize"])
-    assert "holds 2 studies (a, b); pick one with --study NAME" in error("--runs-dir", str(two))
+    assert "holds 2 studies (a, b); name one with --study NAME" in error("--runs-dir", str(two))
     err = error("--runs-dir", str(two), "--study", "a")
     assert "study 'a' in" in err and "has no trials yet" in err
 

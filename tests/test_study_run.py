@@ -12,10 +12,10 @@ from adprune_core.cli import main
 from adprune_core.data import load_dataset
 from study.cli import ui_command
 from study.objective import Objective
-from study.runner import open_study, optuna_uri
+from study.runner import open_study
 from study.space import load_study_config
-from study.tracking import StudyTracker, tracking_uri
-from tests.helpers import EPOCHS, TINY
+from study.tracking import StudyTracker
+from tests.helpers import EPOCHS, TINY, optuna_uri, tracking_uri
 
 
 def write_study(tmp_path: Path, name="tiny.yaml", **changes) -> Path:
@@ -201,5 +201,6 @@ def test_cli_errors_for_presets_trials_and_stores(tmp_path, capsys):
 def test_ui_command_serves_the_sqlite_store_on_localhost(tmp_path):
     cmd = ui_command(tmp_path, 5123)
     assert cmd[1:4] == ["-m", "mlflow", "ui"]
-    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    uri = cmd[cmd.index("--backend-store-uri") + 1]
+    assert uri == tracking_uri(tmp_path) and uri.startswith(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}?")
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"

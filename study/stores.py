@@ -1,0 +1,236 @@
+"""Where a study keeps its records: the Optuna storage and the MLflow tracking store.
+
+- Default, embedded (no server): SQLite files in the runtime folder, ``<runs>/optuna.db`` and
+  ``<runs>/mlflow.db``, artifacts under ``<runs>/mlartifacts/``.
+- Several machines: an Optuna RDB URL (``--storage`` or ``$ADPRUNE_STORAGE``, e.g.
+  ``postgresql://adprune@db-host:5432/optuna``) and an MLflow tracking server (``--tracking`` or
+  ``$ADPRUNE_TRACKING``, e.g. ``http://mlflow-host:5001``, started with ``make mlflow-server``), which
+  stores artifacts for its clients. A database URL as the tracking URI also works, with artifacts in
+  the local ``<runs>/mlartifacts/`` (one machine only).
+- The runtime folder always holds each machine's own trial outputs and epoch checkpoints.
+
+Credentials: a password in a URL is never printed or logged; ``redact`` replaces it with ``***``
+wherever a URL is shown, and worker processes get the URLs through the environment, not their
+command line. Better still, keep passwords out of URLs: PostgreSQL reads ``$PGPASSWORD`` and
+``~/.pgpass``, an MLflow server's clients ``$MLFLOW_TRACKING_USERNAME`` / ``$MLFLOW_TRACKING_PASSWORD``.
+
+SQLite shared by several processes: every transaction starts with ``BEGIN IMMEDIATE`` (it takes the
+write lock at once and waits up to ``SQLITE_LOCK_TIMEOUT_S`` for it). Python's sqlite3 otherwise
+reads outside the transaction, so two workers could both see the same WAITING trial (the baseline, a
+retry) and both run it; PostgreSQL's ``SELECT ... FOR UPDATE`` needs no such help.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from adprune_core.errors import ConfigError
+
+STORAGE_ENV = "ADPRUNE_STORAGE"
+TRACKING_ENV = "ADPRUNE_TRACKING"
+SQLITE_LOCK_TIMEOUT_S = 60
+CONNECT_TIMEOUT_S = 10
+DATABASES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy back ends that Optuna and MLflow both support
+SERVERS = ("http", "https")  # an MLflow tracking server
+EXAMPLE_STORAGE = "postgresql://USER@HOST:5432/DB or sqlite:///path/optuna.db"
+EXAMPLE_TRACKING = "http://HOST:5001 (make mlflow-server), postgresql://USER@HOST:5432/DB or sqlite:///path/mlflow.db"
+_SECRET_PARAMS = ("password", "passwd", "pass", "token", "secret", "key")
+
+
+def redact(url: str) -> str:
+    """``url`` with any password (in ``user:password@`` or a ``password=`` query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostinfo}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/:")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def scrub(text: str, *urls: str) -> str:
+    """``text`` (an error message, a log line) with the passwords of ``urls`` replaced by ``***``."""
+    for url in urls:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            continue
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+def backend(url: str) -> str:
+    """The URL's back end: ``postgresql`` for ``postgresql+psycopg2://...``, ``http`` ..."""
+    return url.partition("://")[0].partition("+")[0].lower()
+
+
+def check_url(url: str, what: str, allowed: tuple[str, ...], flag: str, example: str) -> str:
+    """Validate a store URL's form (not reachability); returns it. ``ConfigError`` names the value,
+    the rule and the fix, with any password redacted."""
+    shown = redact(url)
+    if "://" not in url:
+        raise ConfigError(f"{flag}: {shown!r} is not a URL; {what} takes one of {', '.join(allowed)}, "
+                          f"e.g. {example}")
+    kind = backend(url)
+    if kind not in allowed:
+        raise ConfigError(f"{flag}: {shown!r} uses {kind!r}; {what} takes one of {', '.join(allowed)}, "
+                          f"e.g. {example}")
+    if kind == "sqlite":
+        path = url.partition(":///")[2].partition("?")[0]
+        if not url.lower().startswith(("sqlite:///", "sqlite+pysqlite:///")) or not path or path == ":memory:":
+            raise ConfigError(f"{flag}: {shown!r} is not a SQLite file; several processes share the store, "
+                              "so give a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    elif kind in SERVERS:
+        if not urlsplit(url).hostname:
+            raise ConfigError(f"{flag}: {shown!r} names no host; e.g. http://127.0.0.1:5001")
+    else:
+        parts = urlsplit(url)
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError(f"{flag}: {shown!r} names no database host; e.g. {example}")
+        if not parts.path.strip("/"):
+            raise ConfigError(f"{flag}: {shown!r} names no database; add it after the host, e.g. {example}")
+    return url
+
+
+def sqlite_url(path: str | Path, timeout_s: int | None = None) -> str:
+    url = f"sqlite:///{Path(path).resolve()}"
+    return url if timeout_s is None else f"{url}?timeout={timeout_s}"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The study's two stores and the local runtime folder; ``resolve`` builds it once per command."""
+
+    runs_dir: Path
+    optuna_url: str
+    tracking_uri: str
+
+    @classmethod
+    def resolve(cls, runs_dir: str | Path, storage: str | None = None, tracking: str | None = None,
+                env: Mapping[str, str] | None = None) -> Stores:
+        """Flags first, then ``$ADPRUNE_STORAGE`` / ``$ADPRUNE_TRACKING``, then the embedded files."""
+        env = os.environ if env is None else env
+        runs = Path(runs_dir)
+        storage = storage or env.get(STORAGE_ENV) or None
+        tracking = tracking or env.get(TRACKING_ENV) or None
+        optuna_url = (check_url(storage, "the Optuna storage", DATABASES, "--storage", EXAMPLE_STORAGE)
+                      if storage else sqlite_url(runs / "optuna.db"))
+        tracking_uri = (check_url(tracking, "the MLflow tracking store", DATABASES + SERVERS, "--tracking",
+                                  EXAMPLE_TRACKING)
+                        if tracking else sqlite_url(runs / "mlflow.db", SQLITE_LOCK_TIMEOUT_S))
+        return cls(runs.resolve(), optuna_url, tracking_uri)
+
+    @classmethod
+    def of(cls, where: Stores | str | Path) -> Stores:
+        """``where`` as Stores: a runtime folder means its embedded stores (or the environment's)."""
+        return where if isinstance(where, Stores) else cls.resolve(where)
+
+    @property
+    def tracking_server(self) -> bool:
+        """Whether MLflow is a tracking server (which then keeps the artifacts)."""
+        return backend(self.tracking_uri) in SERVERS
+
+    @property
+    def artifact_root(self) -> Path | None:
+        """Where this machine writes artifacts, or None when a tracking server keeps them."""
+        return None if self.tracking_server else self.runs_dir / "mlartifacts"
+
+    @property
+    def embedded(self) -> bool:
+        return self.optuna_url == sqlite_url(self.runs_dir / "optuna.db") and self.tracking_uri == sqlite_url(
+            self.runs_dir / "mlflow.db", SQLITE_LOCK_TIMEOUT_S)
+
+    def describe(self) -> str:
+        """Both stores, passwords redacted: safe to print."""
+        return f"optuna {location(self.optuna_url)}, mlflow {location(self.tracking_uri)}"
+
+    def child_env(self) -> dict[str, str]:
+        """The environment that hands both stores to a worker process (not its command line)."""
+        return {STORAGE_ENV: self.optuna_url, TRACKING_ENV: self.tracking_uri}
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, None for other back ends."""
+    return Path(url.partition(":///")[2].partition("?")[0]) if backend(url) == "sqlite" else None
+
+
+def location(url: str) -> str:
+    """Where a store is, safe to print: a SQLite URL's file, any other URL redacted."""
+    path = sqlite_path(url)
+    return str(path) if path is not None else redact(url)
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine settings for a store shared by several processes: how long to wait for a lock
+    (SQLite) or a connection (servers), and a liveness check of pooled connections (servers)."""
+    if backend(url) == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    if backend(url) == "postgresql":
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
+    return {"pool_pre_ping": True}
+
+
+def serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every transaction on a SQLite ``engine`` start with ``BEGIN IMMEDIATE`` (module docstring)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # sqlite3 must not issue its own (deferred) BEGIN
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners would keep the old behaviour
+
+
+def connection_error(exc: BaseException, url: str, what: str, flag: str) -> ConfigError:
+    """A one-line ``ConfigError`` for a store that cannot be opened: the URL (redacted), the first line
+    of the driver's message (scrubbed of the password) and the fix."""
+    cause = getattr(exc, "orig", None) or exc
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    if isinstance(exc, ModuleNotFoundError):
+        first = f"{exc}; install the database driver (psycopg2-binary for PostgreSQL)"
+    return ConfigError(f"{flag}: cannot open {what} at {redact(url)}: {scrub(first, url)}; check that the "
+                       f"server runs and the URL (host, port, database, user) is right")
+
+
+def check_tracking_reachable(stores: Stores, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, in one line, when the MLflow tracking store cannot be reached (MLflow's own client
+    retries an unreachable server for minutes)."""
+    uri = stores.tracking_uri
+    if stores.tracking_server:
+        import requests
+
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        except requests.RequestException as exc:
+            reason = type(exc).__name__ + (": connection refused" if "refused" in str(exc).lower() else "")
+            raise ConfigError(f"--tracking: cannot reach the MLflow tracking server at {redact(uri)} ({reason}); "
+                              "start it (make mlflow-server) or fix the URL") from None
+        if response.status_code != 200:
+            raise ConfigError(f"--tracking: {redact(uri)} answered /health with HTTP {response.status_code}, "
+                              "not an MLflow tracking server; check the URL") from None
+    elif backend(uri) != "sqlite":
+        import sqlalchemy
+
+        try:
+            engine = sqlalchemy.create_engine(uri, **engine_kwargs(uri))
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as exc:
+            raise connection_error(exc, uri, "the MLflow tracking store", "--tracking") from None

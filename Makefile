@@ -21,8 +21,24 @@ WORKERS  ?=
 GPUS     ?=
 WORKERS_PER_GPU ?=
 PORT     ?= 5000
+# several machines (README, docs/study.md): the stores' URLs travel in the environment, never in a printed command
+STORAGE  ?=
+TRACKING ?=
+DB       ?=
+ARTIFACTS ?=
+HOST     ?= 127.0.0.1
+MLFLOW_PORT ?= 5001
+ifneq ($(STORAGE),)
+export ADPRUNE_STORAGE := $(STORAGE)
+endif
+ifneq ($(TRACKING),)
+export ADPRUNE_TRACKING := $(TRACKING)
+endif
+ifneq ($(DB),)
+export ADPRUNE_MLFLOW_BACKEND := $(DB)
+endif
 
-.PHONY: install test test-slow lint train study ui report pick control bench clean
+.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control bench clean
 
 install: $(STAMP)
 
@@ -45,12 +61,20 @@ lint: install
 train: install  ## make train [CONFIG=configs/smoke.yaml] [OUT=dir] [SET="train.epochs=3 data.name=cifar10"]
 	$(VENV)/bin/adprune train --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 
-study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k]
+study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k] [STORAGE=url TRACKING=uri]
 	$(VENV)/bin/adprune study --dataset $(DATASET) --runs-dir $(RUNS_DIR) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STUDY),--name $(STUDY)) \
 		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(foreach s,$(SET),--set $(s)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
 		$(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU))
+
+worker: install  ## make worker STUDY=name [STORAGE=url] [TRACKING=uri] [TRIALS=n] [DATA=path] [SET=...]: join a running study from this machine
+	$(VENV)/bin/adprune worker --study "$(STUDY)" --runs-dir $(RUNS_DIR) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(DATA),--data $(DATA)) $(foreach s,$(SET),--set $(s))
+
+mlflow-server: install  ## make mlflow-server [DB=postgresql://...] [ARTIFACTS=dir] [HOST=127.0.0.1] [MLFLOW_PORT=5001]: a tracking server for several machines
+	$(VENV)/bin/adprune mlflow-server --runs-dir $(RUNS_DIR) --host $(HOST) --port $(MLFLOW_PORT) \
+		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
 
 ui: install  ## the MLflow UI for $(RUNS_DIR) on http://127.0.0.1:$(PORT)
 	$(VENV)/bin/adprune ui --runs-dir $(RUNS_DIR) --port $(PORT)

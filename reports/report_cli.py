@@ -22,7 +22,7 @@ from reports.load import DEFAULT_MLFLOW_URL, StudyData, load_study_data
 from reports.render import write_report
 from reports.report import Report, build_report
 from study.cli import add_store_args, stores_from_args
-from study.stores import Stores, redact
+from study.stores import Stores, without_credentials
 
 ARTIFACT_DIR = "report"
 
@@ -48,7 +48,7 @@ def make_report(where: Stores | str | Path, study: str | None = None, out_dir: s
     start = time.perf_counter()
     stores = Stores.of(where)
     if mlflow_url is None:
-        mlflow_url = redact(stores.tracking_uri) if stores.tracking_server else DEFAULT_MLFLOW_URL
+        mlflow_url = without_credentials(stores.tracking_uri) if stores.tracking_server else DEFAULT_MLFLOW_URL
     data = load_study_data(stores, study, mlflow_url)
     report = build_report(data)
     paths = write_report(report, out_dir or report_dir(stores.runs_dir, data.name))

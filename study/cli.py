@@ -29,6 +29,7 @@ RUNS_DIR_ENV = "RUNS_DIR"
 DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 STORE_FLAGS = ("--storage", "--tracking")
 MLFLOW_SERVER_PORT = 5001
+MLFLOW_BACKEND_ENV = "ADPRUNE_MLFLOW_BACKEND"  # make mlflow-server DB=...
 
 
 def default_runs_dir() -> str:
@@ -178,19 +179,21 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def mlflow_server_command(backend_store: str, artifacts: str | Path, host: str, port: int,
-                          workers: int = 2) -> list[str]:
-    """The ``mlflow server`` command line: runs and the model registry in ``backend_store``, artifacts
-    served by the server from the folder ``artifacts`` (clients need no access to it)."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store,
-            "--serve-artifacts", "--artifacts-destination", Path(artifacts).resolve().as_uri(),
-            "--host", host, "--port", str(port), "--workers", str(workers)]
+                          workers: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line and the environment it adds: runs and the model registry in
+    ``backend_store`` (passed in the environment, so that its password is not on a command line),
+    artifacts served by the server from the folder ``artifacts`` (clients need no access to it)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts",
+           "--artifacts-destination", Path(artifacts).resolve().as_uri(),
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    return cmd, {"MLFLOW_BACKEND_STORE_URI": backend_store}
 
 
 def _mlflow_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default=None, help=f"runtime folder (default ${RUNS_DIR_ENV} or runs)")
     p.add_argument("--backend-store", default=None, metavar="URI",
-                   help="database for runs and models, e.g. postgresql://USER@HOST:5432/mlflow "
-                        "(default sqlite <runs>/mlflow-server.db)")
+                   help=f"database for runs and models, e.g. postgresql://USER@HOST:5432/mlflow (default "
+                        f"${MLFLOW_BACKEND_ENV}, else sqlite <runs>/mlflow-server.db)")
     p.add_argument("--artifacts", default=None, help="artifact folder (default <runs>/mlflow-server-artifacts)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1; 0.0.0.0 lets other machines in: no authentication)")
@@ -203,9 +206,10 @@ def _run_mlflow_server(args: argparse.Namespace) -> int:
 
     runs_dir = Path(args.runs_dir or default_runs_dir())
     runs_dir.mkdir(parents=True, exist_ok=True)
-    backend_store = (check_url(args.backend_store, "the MLflow server's database", DATABASES, "--backend-store",
+    given = args.backend_store or os.environ.get(MLFLOW_BACKEND_ENV)
+    backend_store = (check_url(given, "the MLflow server's database", DATABASES, "--backend-store",
                                "postgresql://USER@HOST:5432/mlflow or sqlite:///path/mlflow-server.db")
-                     if args.backend_store else sqlite_url(runs_dir / "mlflow-server.db"))
+                     if given else sqlite_url(runs_dir / "mlflow-server.db"))
     artifacts = Path(args.artifacts or runs_dir / "mlflow-server-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     if not _has_mlflow():
@@ -219,7 +223,8 @@ def _run_mlflow_server(args: argparse.Namespace) -> int:
         print(f"warning: bound to {args.host}: anyone who reaches this port can read and write runs "
               "(MLflow's server has no authentication by default)", file=sys.stderr)
     try:
-        return subprocess.call(mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers))
+        cmd, env = mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers)
+        return subprocess.call(cmd, env={**os.environ, **env})
     except KeyboardInterrupt:
         return 0
 

@@ -163,7 +163,8 @@ class Objective:
         source = self.trials_dir / f"trial-{retry_of:04d}" / CHECKPOINT_DIR
         state = checkpoint.read_state(source)
         if state is None:
-            trial.set_user_attr("resume_skipped", f"trial {retry_of} left no checkpoint")
+            trial.set_user_attr("resume_skipped", f"no checkpoint of trial {retry_of} in {source} (it died before "
+                                "its first epoch ended, or ran on another machine)")
             return False
         mismatch = checkpoint.config_mismatch(state["summary"]["config"], config)
         if mismatch:

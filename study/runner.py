@@ -56,6 +56,7 @@ from study.pareto import describe_trial, pareto_trials
 from study.samplers import SAMPLERS
 from study.space import StudyConfig, study_config_from_spec
 from study.stores import (
+    STORAGE_FLAG,
     Stores,
     backend,
     check_tracking_reachable,
@@ -138,7 +139,7 @@ def optuna_storage(stores: Stores | str | Path) -> optuna.storages.RDBStorage:
                 url, engine_kwargs=engine_kwargs(url), heartbeat_interval=interval, grace_period=grace,
                 heartbeat_stale_trial_callback=RetryDeadWorkerTrials(stores))
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise connection_error(exc, url, "the Optuna storage", "--storage") from None
+        raise connection_error(exc, url, "the Optuna storage", STORAGE_FLAG) from None
     if backend(url) == "sqlite":
         serialize_sqlite_transactions(storage.engine)
     return storage

@@ -27,12 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from adprune_core.errors import ConfigError
 
 STORAGE_ENV = "ADPRUNE_STORAGE"
 TRACKING_ENV = "ADPRUNE_TRACKING"
+STORAGE_FLAG = f"--storage (${STORAGE_ENV})"  # how errors name the setting: a flag, or make's STORAGE=
+TRACKING_FLAG = f"--tracking (${TRACKING_ENV})"
 SQLITE_LOCK_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
 DATABASES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy back ends that Optuna and MLflow both support
@@ -56,7 +58,19 @@ def redact(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*/:")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    # joined by hand: urlunsplit would drop the empty host of sqlite:////abs/path
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@`` part, e.g. for links in a report."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return url.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
 
 
 def scrub(text: str, *urls: str) -> str:
@@ -125,9 +139,9 @@ class Stores:
         runs = Path(runs_dir)
         storage = storage or env.get(STORAGE_ENV) or None
         tracking = tracking or env.get(TRACKING_ENV) or None
-        optuna_url = (check_url(storage, "the Optuna storage", DATABASES, "--storage", EXAMPLE_STORAGE)
+        optuna_url = (check_url(storage, "the Optuna storage", DATABASES, STORAGE_FLAG, EXAMPLE_STORAGE)
                       if storage else sqlite_url(runs / "optuna.db"))
-        tracking_uri = (check_url(tracking, "the MLflow tracking store", DATABASES + SERVERS, "--tracking",
+        tracking_uri = (check_url(tracking, "the MLflow tracking store", DATABASES + SERVERS, TRACKING_FLAG,
                                   EXAMPLE_TRACKING)
                         if tracking else sqlite_url(runs / "mlflow.db", SQLITE_LOCK_TIMEOUT_S))
         return cls(runs.resolve(), optuna_url, tracking_uri)
@@ -203,7 +217,7 @@ def connection_error(exc: BaseException, url: str, what: str, flag: str) -> Conf
     cause = getattr(exc, "orig", None) or exc
     first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
     if isinstance(exc, ModuleNotFoundError):
-        first = f"{exc}; install the database driver (psycopg2-binary for PostgreSQL)"
+        first = f"{exc}; install the database driver (psycopg[binary] for PostgreSQL: make install)"
     return ConfigError(f"{flag}: cannot open {what} at {redact(url)}: {scrub(first, url)}; check that the "
                        f"server runs and the URL (host, port, database, user) is right")
 
@@ -219,10 +233,10 @@ def check_tracking_reachable(stores: Stores, timeout_s: float = CONNECT_TIMEOUT_
             response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
         except requests.RequestException as exc:
             reason = type(exc).__name__ + (": connection refused" if "refused" in str(exc).lower() else "")
-            raise ConfigError(f"--tracking: cannot reach the MLflow tracking server at {redact(uri)} ({reason}); "
+            raise ConfigError(f"{TRACKING_FLAG}: cannot reach the MLflow tracking server at {redact(uri)} ({reason}); "
                               "start it (make mlflow-server) or fix the URL") from None
         if response.status_code != 200:
-            raise ConfigError(f"--tracking: {redact(uri)} answered /health with HTTP {response.status_code}, "
+            raise ConfigError(f"{TRACKING_FLAG}: {redact(uri)} answered /health with HTTP {response.status_code}, "
                               "not an MLflow tracking server; check the URL") from None
     elif backend(uri) != "sqlite":
         import sqlalchemy
@@ -233,4 +247,4 @@ def check_tracking_reachable(stores: Stores, timeout_s: float = CONNECT_TIMEOUT_
                 pass
             engine.dispose()
         except Exception as exc:
-            raise connection_error(exc, uri, "the MLflow tracking store", "--tracking") from None
+            raise connection_error(exc, uri, "the MLflow tracking store", TRACKING_FLAG) from None

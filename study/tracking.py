@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 import time
@@ -249,6 +250,8 @@ class TrialRun:
 def mlflow_client(stores: Stores | str | Path) -> Any:
     """An ``MlflowClient`` on the study's tracking store (``Stores.tracking_uri``), its model registry too."""
     _quiet_store_logs()
+    # MLflow prints a "View run ... at <server URL>" line per finished run: noise, and the URL may hold a password
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
     uri = Stores.of(stores).tracking_uri

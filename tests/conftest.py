@@ -24,3 +24,16 @@ def _embedded_stores(monkeypatch):
 
     for name in (STORAGE_ENV, TRACKING_ENV):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for this test session (``tests/postgres.py``); skips, saying
+    why, where none can be had."""
+    from tests.postgres import start_server
+
+    server = start_server()
+    if isinstance(server, str):
+        pytest.skip(server)
+    yield server
+    server.stop()

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -20,7 +21,7 @@ from adprune_core import interrupts
 from adprune_core.checkpoint import load_checkpoint, read_state
 from adprune_core.cli import main
 from study.runner import HEARTBEAT_ENV, heartbeat_settings
-from tests.helpers import TINY
+from tests.helpers import TINY, optuna_uri
 from tests.test_study_run import load, mlflow_runs
 
 EPOCHS = 4
@@ -28,8 +29,7 @@ HEARTBEAT = {HEARTBEAT_ENV[0]: "1", HEARTBEAT_ENV[1]: "2"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def study_setup(tmp_path, monkeypatch):
+def make_setup(tmp_path, monkeypatch, storage=None):
     for key, value in HEARTBEAT.items():
         monkeypatch.setenv(key, value)
     # longer epochs than TINY's, so that a trial is still running when the test kills its worker
@@ -37,7 +37,22 @@ def study_setup(tmp_path, monkeypatch):
     config = tmp_path / "faults.yaml"
     config.write_text(yaml.safe_dump({**TINY, "base": base, "fixed": {"train.epochs": EPOCHS}}, sort_keys=False))
     args = ["study", "--config", str(config), "--runs-dir", str(tmp_path / "runs"), "--name", "tiny", "--no-progress"]
-    return tmp_path / "runs", args
+    return tmp_path / "runs", args + (["--storage", storage] if storage else [])
+
+
+@pytest.fixture
+def study_setup(tmp_path, monkeypatch):
+    return make_setup(tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_storage_setup(request, tmp_path, monkeypatch):
+    """The same study on the embedded SQLite storage and on a real PostgreSQL server (skips without one)."""
+    if request.param == "sqlite":
+        return (*make_setup(tmp_path, monkeypatch), None)
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.url(postgres.create_database("faults"))
+    return (*make_setup(tmp_path, monkeypatch, url), url)
 
 
 def start_worker(args, trials, log: Path) -> subprocess.Popen:
@@ -66,8 +81,12 @@ def summary_epochs(trial_dir: Path) -> list[dict]:
     return json.loads(path.read_text())["epochs"] if path.is_file() else []
 
 
-def test_killed_worker_trial_is_failed_retried_and_resumed(study_setup, tmp_path, capsys):
-    runs, args = study_setup
+def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tmp_path, capsys):
+    runs, args, storage = any_storage_setup
+
+    def load(runs):
+        return optuna.load_study(study_name="tiny", storage=storage or optuna_uri(runs)).get_trials()
+
     trial_dir = runs / "studies" / "tiny" / "trial-0000"
     log = tmp_path / "worker.log"
     proc = start_worker(args, 2, log)

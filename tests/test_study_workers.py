@@ -1,11 +1,20 @@
 """Several worker processes sharing one study: exact trial count, no duplicates, baseline first."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
 import pytest
 
 from adprune_core.errors import ConfigError
 from study.cli import worker_envs
-from study.runner import split_quotas
+from study.runner import optuna_storage, split_quotas
+from study.stores import Stores
 from tests.test_study_run import load, mlflow_runs, study_cli, write_study
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("trials", "workers", "expected"),
@@ -49,3 +58,53 @@ def test_two_workers_share_one_study(tmp_path):
     # resuming with more workers adds exactly the difference
     assert study_cli(write_study(tmp_path), runs, 7, "tiny", "--workers", "2") == 0
     assert sorted(t.number for t in load(runs)) == list(range(7))
+
+
+POP_WAITING = """
+import json, sys
+import optuna
+from study.runner import optuna_storage
+from study.stores import Stores
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="queue", storage=optuna_storage(Stores.resolve(sys.argv[1], env={})))
+ran = []
+while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+    trial = study.ask()  # pops a WAITING trial when there is one
+    ran.append(trial.number)
+    study.tell(trial, 1.0)
+print(json.dumps(ran))
+"""
+
+
+def test_concurrent_workers_never_pop_the_same_waiting_trial(tmp_path):
+    """Four processes drain a queue of 60 enqueued trials from one SQLite file as fast as they can. With
+    Python's default SQLite transactions two of them can both take the same WAITING trial (seen here:
+    'Cannot tell a COMPLETE trial'); ``study.stores`` serialises transactions so each runs exactly once."""
+    study = optuna.create_study(study_name="queue", storage=optuna_storage(Stores.resolve(tmp_path, env={})))
+    for x in range(60):
+        study.enqueue_trial({"x": x})
+    procs = [subprocess.Popen([sys.executable, "-c", POP_WAITING, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(err for _, err in results)
+    ran = [n for out, _ in results for n in json.loads(out)]
+    assert len(ran) == len(set(ran))  # no trial ran twice
+    assert set(range(60)) <= set(ran)  # every enqueued trial ran (a few new ones may follow the last)
+    assert all(t.state.name == "COMPLETE" for t in study.get_trials())
+
+
+def test_four_workers_complete_a_study_without_losing_or_duplicating_trials(tmp_path, capfd):
+    runs = tmp_path / "runs"
+    assert study_cli(write_study(tmp_path), runs, 9, "tiny", "--workers", "4") == 0
+    out, err = capfd.readouterr()  # this process's output and the four workers'
+    assert "starting 4 worker processes with 2, 2, 2, 2 trial(s) each" in out
+    assert "database is locked" not in out + err and "Traceback" not in out + err
+    trials = load(runs)
+    assert [t.number for t in trials] == list(range(9))
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials[1:]}  # host:pid of the process that ran each
+    assert len(workers) == 4 and trials[0].user_attrs["worker"] not in workers
+    _, parents, children = mlflow_runs(runs)
+    assert [int(r.data.tags["optuna.trial_number"]) for r in children] == list(range(9))
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children) and parents[0].info.status == "FINISHED"

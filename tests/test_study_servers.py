@@ -1,0 +1,130 @@
+"""A study across machines, as the README's recipe sets it up: Optuna on a real PostgreSQL server, MLflow on
+a real tracking server (``adprune mlflow-server``, itself backed by PostgreSQL and an artifact folder),
+worker processes, a worker that joins with ``adprune worker``, and the report read back from both.
+
+The PostgreSQL server is started by the test session on loopback (``tests/postgres.py``); without
+Debian's postgresql package these tests skip, saying why."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from adprune_core.cli import main
+from study.stores import TRACKING_ENV
+from tests.postgres import free_port
+from tests.test_study_run import artifact_paths, write_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """``adprune mlflow-server`` on loopback, its runs in a fresh PostgreSQL database (one for this file)."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    backend = postgres.url(postgres.create_database("mlflow"))
+    log = tmp_path / "mlflow-server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "mlflow-server", "--runs-dir", str(tmp_path),
+                             "--backend-store", backend, "--port", str(port), "--workers", "1"],
+                            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert proc.poll() is None, f"the MLflow server exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"the MLflow server did not start in 120 s:\n{log.read_text()}"
+        time.sleep(0.5)
+    yield url, log, tmp_path
+    os.killpg(proc.pid, 2)  # Ctrl-C to the server and its workers
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def test_study_on_postgresql_with_an_mlflow_server_and_a_joining_worker(postgres, mlflow_server, tmp_path, capsys):
+    tracking, server_log, server_dir = mlflow_server
+    storage = postgres.url(postgres.create_database("optuna"))
+    # credentials in the tracking URL too (a server without authentication ignores them): never shown either
+    with_login = tracking.replace("http://", f"http://ada:{postgres.password}@")
+    stores = ["--storage", storage, "--tracking", with_login]
+    config = write_study(tmp_path)
+
+    # the study: this process runs the baseline, two worker processes share the rest
+    assert main(["study", "--config", str(config), "--runs-dir", str(tmp_path / "a"), "--name", "tiny",
+                 "--trials", "4", "--no-progress", "--workers", "2", *stores]) == 0
+    # another "machine" (its own runtime folder) joins with nothing but the study's name and stores
+    assert main(["worker", "--study", "tiny", "--runs-dir", str(tmp_path / "b"), "--trials", "1", *stores]) == 0
+    # joined again without --trials: the study already holds the 4 its make study asked for
+    assert main(["worker", "--study", "tiny", "--runs-dir", str(tmp_path / "b"), *stores]) == 0
+    out, err = capsys.readouterr()
+    assert "joined study 'tiny'" in out and "already holds its 4 trial(s): nothing to run" in out
+    assert "View run" not in out  # MLflow's per-run URL lines are off
+
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]  # none lost, none duplicated
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials) and trials[0].user_attrs["baseline"]
+    assert (tmp_path / "b" / "studies" / "tiny" / "trial-0004" / "summary.json").is_file()  # ran on "b"
+
+    client = MlflowClient(tracking_uri=tracking)
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server keeps the artifacts
+    found = client.search_runs([exp.experiment_id], max_results=100)
+    (parent,) = [r for r in found if r.data.tags.get("adprune.role") == "study"]
+    children = sorted((r for r in found if "mlflow.parentRunId" in r.data.tags),
+                      key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    assert [int(r.data.tags["optuna.trial_number"]) for r in children] == [0, 1, 2, 3, 4]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {"summary.json", "density_width.png", "model/model.safetensors"} <= set(
+        artifact_paths(client, children[-1].info.run_id))
+    assert list((server_dir / "mlflow-server-artifacts").rglob("model.safetensors"))  # in the server's folder
+
+    # the password is nowhere: not printed, not in any run's params or tags, not in the study's attrs
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    recorded = json.dumps([study.user_attrs] + [(t.user_attrs, t.system_attrs) for t in trials]
+                          + [(r.data.params, r.data.tags) for r in found], default=str)
+    assert postgres.password not in out + err + recorded + server_log.read_text()
+
+    # the report reads both servers; its links point at the tracking server
+    assert main(["report", "--runs-dir", str(tmp_path / "a"), *stores, "--no-log"]) == 0
+    trials_csv = (tmp_path / "a" / "reports" / "tiny" / "trials.csv").read_text()
+    assert f"{tracking}/#/experiments/{exp.experiment_id}/runs/" in trials_csv
+    assert postgres.password not in capsys.readouterr().out
+
+
+def test_environment_carries_the_stores(postgres, mlflow_server, tmp_path, monkeypatch, capsys):
+    """$ADPRUNE_STORAGE and $ADPRUNE_TRACKING stand in for the flags (passwords stay off command lines)."""
+    tracking, _, _ = mlflow_server
+    storage = postgres.url(postgres.create_database("optuna"))
+    monkeypatch.setenv("ADPRUNE_STORAGE", storage)
+    monkeypatch.setenv(TRACKING_ENV, tracking)
+    assert main(["study", "--config", str(write_study(tmp_path)), "--runs-dir", str(tmp_path), "--name", "env",
+                 "--trials", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"mlflow {tracking}" in out and "postgresql://adprune:***@127.0.0.1" in out
+    assert [t.state.name for t in optuna.load_study(study_name="env", storage=storage).get_trials()] == ["COMPLETE"] * 2
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_mlflow_server_command_keeps_the_database_url_off_the_command_line(tmp_path):
+    from study.cli import mlflow_server_command
+
+    url = "postgresql://adprune:pw@db:5432/mlflow"
+    cmd, env = mlflow_server_command(url, tmp_path / "art", "127.0.0.1", 5001)
+    assert cmd[1:4] == ["-m", "mlflow", "server"] and url not in " ".join(cmd)
+    assert env == {"MLFLOW_BACKEND_STORE_URI": url}  # MLflow's own variable for --backend-store-uri
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "--serve-artifacts" in cmd
+    assert cmd[cmd.index("--artifacts-destination") + 1] == (tmp_path / "art").resolve().as_uri()

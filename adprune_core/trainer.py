@@ -232,7 +232,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                 if not math.isfinite(train_loss):
                     status = "diverged"
                 elif _due(cfg, state, epoch):
-                    event = _prune(state, cfg, data, counts, densities, epoch, example)
+                    state, event = _prune(state, cfg, data, counts, densities, epoch, example)
                     if event is not None:
                         summary["prune_events"].append(event)
                         for cb in callbacks:
@@ -398,8 +398,9 @@ def plan_cut(state: _State, cfg: Config, counts: dict[str, ChannelCounts], epoch
 
 
 def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, ChannelCounts],
-           densities: dict[str, float], epoch: int, example: torch.Tensor) -> dict[str, Any] | None:
-    """Cut the network per the plan if it pays; updates ``state`` in place; returns the event."""
+           densities: dict[str, float], epoch: int, example: torch.Tensor) -> tuple[_State, dict[str, Any] | None]:
+    """Cut the network per the plan if it pays: (the new state, the prune event). When it does not pay,
+    (``state`` marked ``pruning_over``, None)."""
     plan = plan_cut(state, cfg, counts, epoch)
     candidate = copy.deepcopy(state.model)
     if cfg.prune.transfer == "inherit":
@@ -408,7 +409,7 @@ def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, Channe
     params_after = costs.count_params(candidate)
     if not policy.worth_pruning(state.params, params_after, cfg.prune.min_gain):
         state.pruning_over = True
-        return None
+        return state, None
     optimizer = build_optimizer(candidate, cfg.train)
     if cfg.prune.transfer == "inherit":
         restore_momentum(candidate, optimizer)
@@ -422,13 +423,10 @@ def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, Channe
     new = _new_state(candidate, cfg, data, example, optimizer, base=state)
     new.rounds += 1
     new.last_prune_epoch = epoch
-    for name in ("model", "forward", "graph", "optimizer", "meter", "params", "flops", "train_flops_per_image",
-                 "rounds", "last_prune_epoch"):
-        setattr(state, name, getattr(new, name))
-    return {"epoch": epoch, "densities": densities, "widths_before": widths_before,
-            "widths_after": state.graph.widths(), "params_before": params_before,
-            "params_after": state.params, "flops_before": flops_before, "flops_after": state.flops,
-            "kept_idxs": plan}
+    return new, {"epoch": epoch, "densities": densities, "widths_before": widths_before,
+                 "widths_after": new.graph.widths(), "params_before": params_before,
+                 "params_after": new.params, "flops_before": flops_before, "flops_after": new.flops,
+                 "kept_idxs": plan}
 
 
 def _final(status: str, record: dict[str, Any], state: _State, dense: dict[str, int],

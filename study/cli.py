@@ -23,7 +23,7 @@ from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ConfigError
-from study.stores import STORAGE_ENV, TRACKING_ENV, Stores, location, redact
+from study.stores import STORAGE_ENV, TRACKING_ENV, Stores, location, without_credentials
 
 RUNS_DIR_ENV = "RUNS_DIR"
 DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
@@ -133,8 +133,9 @@ def _run_study(args: argparse.Namespace) -> int:
     cfg = load_study_config(path, args.overrides, values)
     stores = stores_from_args(args)
     name = args.name or default_name
-    print(f"study {name!r} from {path}: {stores.describe()}")
-    if args.worker_rank is not None:
+    if args.worker_rank is None:  # (a worker's parent already said it)
+        print(f"study {name!r} from {path}: {stores.describe()}")
+    else:
         from study.runner import run_worker
 
         run_worker(cfg, name, stores, args.parent_run, quota=args.worker_quota, rank=args.worker_rank)
@@ -151,7 +152,7 @@ def _run_study(args: argparse.Namespace) -> int:
                        spawn=spawn)
     print(format_report(report, cfg.objective_names))
     if stores.tracking_server:
-        print(f"browse: {redact(stores.tracking_uri)}")
+        print(f"browse: {without_credentials(stores.tracking_uri)}")
     else:
         runs_dir = args.runs_dir or default_runs_dir()
         print(f"browse: make ui{'' if runs_dir == 'runs' else f' RUNS_DIR={runs_dir}'}  "

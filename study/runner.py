@@ -349,6 +349,9 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
                     study.optimize(objective, n_trials=here, catch=(Exception,), callbacks=[after])
                     bar.close()
                     status = _wait_for_workers(spawn, split_quotas(to_run - here, workers), tracker.parent_id, log)
+                    if status == "FAILED":  # a worker died: its share of the study is done here, nothing is lost
+                        _make_good(study, storage, objective, after, n_trials, log)
+                        status = "FINISHED"
                 else:
                     study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])
                     status = "FINISHED"
@@ -401,8 +404,34 @@ def _wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas
     interrupts.check()
     failed = [rank for rank, code in enumerate(codes) if code != 0]
     if failed:
-        log(f"worker(s) {', '.join(map(str, failed))} exited with an error; their finished trials are kept")
+        how = ", ".join(f"{rank} ({_exit_reason(codes[rank])})" for rank in failed)
+        log(f"worker(s) {how} ended early; their finished trials are kept")
     return "FAILED" if failed else "FINISHED"
+
+
+def _make_good(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective,
+               after: Callable[[optuna.Study, optuna.trial.FrozenTrial], None], n_trials: int, log: Any) -> None:
+    """After a worker died (or failed): fail and retry its trial once its heartbeat is stale, then run
+    in this process the trials the study still lacks to hold ``n_trials`` (a retry first: Optuna runs
+    WAITING trials before new ones, and the retry resumes from the dead trial's last checkpoint)."""
+    stale = fail_stale_trials(study, storage, log=log)
+    if stale.dead:
+        log(f"marked trial(s) {', '.join(map(str, stale.dead))} of the dead worker(s) FAIL ({DEAD_WORKER_REASON}); "
+            "each is retried from its last epoch checkpoint")
+    missing = n_trials - len(counted_trials(study.get_trials(deepcopy=False))) - len(stale.alive)
+    if missing > 0:
+        log(f"running here the {missing} trial(s) the dead worker(s) left undone")
+        study.optimize(objective, n_trials=missing, catch=(Exception,), callbacks=[after])
+
+
+def _exit_reason(code: int) -> str:
+    """``-9`` -> "killed by SIGKILL", ``2`` -> "exit code 2"."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _signal_alive(procs: list[subprocess.Popen]) -> None:
@@ -493,7 +522,13 @@ def _warn_epochs(study: optuna.Study, cfg: StudyConfig, log: Any) -> None:
 
 
 def _trial_line(trial: Any, names: tuple[str, ...]) -> str:
-    head = f"trial {trial.number}{' (baseline)' if trial.user_attrs.get('baseline') else ''} {trial.state.name}"
+    notes = ["baseline"] if trial.user_attrs.get("baseline") else []
+    if trial.user_attrs.get("retry_of") is not None:
+        resumed = trial.user_attrs.get("resumed_from_epoch")
+        notes.append(f"retry of trial {trial.user_attrs['retry_of']}"
+                     + (f", resumed after epoch {resumed}" if resumed else ""))
+    tag = " (" + "; ".join(notes) + ")" if notes else ""
+    head = f"trial {trial.number}{tag} {trial.state.name}"
     if trial.state == TrialState.COMPLETE:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values))
         comp, drop = trial.user_attrs.get("compression_flops"), trial.user_attrs.get("accuracy_drop")

@@ -185,3 +185,50 @@ def test_heartbeat_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv(HEARTBEAT_ENV[0], "0.5")
     with pytest.raises(ConfigError, match="whole number of seconds"):
         heartbeat_settings()
+
+
+def test_a_worker_killed_among_several_is_made_good_by_the_same_command(tmp_path, monkeypatch):
+    """``adprune study --workers 2``: SIGKILL one worker mid-trial. The command notices (its exit), fails
+    and retries the dead trial from its checkpoint, runs what the dead worker left undone, and ends with
+    exactly the trials asked for."""
+    from study.runner import optuna_storage
+    from study.stores import Stores
+
+    runs, args = make_setup(tmp_path, monkeypatch)
+    log = tmp_path / "study.log"
+    proc = start_worker([*args, "--workers", "2"], 5, log)
+    storage = optuna_storage(Stores.resolve(runs, env={}))
+    victim, deadline = None, time.monotonic() + 300
+    while victim is None:
+        assert proc.poll() is None, f"the study ended before a worker could be killed:\n{log.read_text()}"
+        assert time.monotonic() < deadline, log.read_text()
+        try:
+            running = optuna.load_study(study_name="tiny", storage=storage).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:  # the study does not exist yet
+            running = []
+        for t in running:
+            state = read_state(runs / "studies" / "tiny" / f"trial-{t.number:04d}" / "checkpoint")
+            if t.number >= 1 and state is not None and "worker" in t.user_attrs:  # a worker's trial, mid-run
+                victim = t.number, int(t.user_attrs["worker"].rpartition(":")[2]), state["epoch"]
+                os.kill(victim[1], signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    assert proc.wait(300) == 0, log.read_text()
+    text = log.read_text()
+    number, pid, epoch = victim
+    assert "ended early" in text and "killed by SIGKILL" in text
+    assert "database is locked" not in text
+
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    killed = trials[number]
+    assert killed.state.name == "FAIL" and killed.user_attrs["worker"].endswith(f":{pid}")
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert retry.state.name in ("COMPLETE", "PRUNED") and retry.user_attrs["resumed_from_epoch"] >= epoch
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 5 and len(trials) == 6  # exactly the five asked for, plus the dead one
+    _, parents, children = mlflow_runs(runs)
+    assert parents[0].info.status == "FINISHED"
+    dead_run = [r for r in children if r.info.run_id == killed.user_attrs["mlflow_run_id"]][0]
+    assert dead_run.info.status == "FAILED"
+    assert dead_run.data.tags["adprune.fail_reason"] == "worker died (no heartbeat)"

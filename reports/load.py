@@ -34,7 +34,7 @@ def study_names(where: Stores | str | Path) -> list[str]:
     when an embedded storage does not exist (Optuna would create an empty one) or cannot be opened."""
     import optuna
 
-    from study.runner import optuna_storage
+    from study.trials import optuna_storage
 
     stores = Stores.of(where)
     path = sqlite_path(stores.optuna_url)
@@ -104,8 +104,8 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
     """Read study ``name`` (see ``resolve_study``) and its MLflow runs from its stores (``Stores.of(where)``)."""
     import optuna
 
-    from study.runner import optuna_storage
     from study.tracking import mlflow_client
+    from study.trials import optuna_storage
 
     stores = Stores.of(where)
     name = resolve_study(stores, name)

@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from adprune_core.errors import ADPruneError
 from reports.load import resolve_study
 from study.pareto import feasible, pareto_trials
-from study.runner import optuna_storage
 from study.stores import Stores
+from study.trials import optuna_storage
 
 
 @dataclass

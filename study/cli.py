@@ -136,7 +136,7 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.worker_rank is None:  # (a worker's parent already said it)
         print(f"study {name!r} from {path}: {stores.describe()}")
     else:
-        from study.runner import run_worker
+        from study.workers import run_worker
 
         run_worker(cfg, name, stores, args.parent_run, quota=args.worker_quota, rank=args.worker_rank)
         return 0
@@ -172,7 +172,7 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 def _run_worker(args: argparse.Namespace) -> int:
     """Join a study from any machine that reaches its stores; its config comes from the study itself."""
-    from study.runner import join_study
+    from study.workers import join_study
 
     join_study(args.study, stores_from_args(args), args.trials, args.overrides,
                {"data.root": args.data} if args.data else None)

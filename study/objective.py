@@ -12,7 +12,7 @@ The trial's values are the final metrics named by the study's objectives. What e
 
 Checkpoints and retries: the trainer checkpoints every epoch into ``<out_dir>/checkpoint/``. A trial
 that retries one whose worker died (Optuna's ``RetryHeartbeatStaleTrialCallback`` copy, see
-``study/runner.py``) copies that trial's last checkpoint into its own folder and resumes from it:
+``study/trials.py``) copies that trial's last checkpoint into its own folder and resumes from it:
 the finished epochs are not recomputed, their records come from the checkpoint (and are logged to
 the retry's MLflow run too). It records ``retry_of`` (the trial it continues) and, when it resumed,
 ``resumed_from_epoch``; a checkpoint of another config (``EPOCHS`` changed between sessions) is not

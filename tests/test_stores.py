@@ -6,7 +6,6 @@ import pytest
 from adprune_core.cli import main
 from adprune_core.errors import ConfigError
 from study.cli import without_store_flags
-from study.runner import optuna_storage
 from study.stores import (
     STORAGE_ENV,
     TRACKING_ENV,
@@ -18,6 +17,7 @@ from study.stores import (
     scrub,
     sqlite_path,
 )
+from study.trials import optuna_storage
 from tests.postgres import free_port
 
 SECRET = "hunter2-s3cret"

@@ -20,7 +20,7 @@ import yaml
 from adprune_core import interrupts
 from adprune_core.checkpoint import load_checkpoint, read_state
 from adprune_core.cli import main
-from study.runner import HEARTBEAT_ENV, heartbeat_settings
+from study.trials import HEARTBEAT_ENV, heartbeat_settings
 from tests.helpers import TINY, optuna_uri
 from tests.test_study_run import load, mlflow_runs
 
@@ -191,8 +191,8 @@ def test_a_worker_killed_among_several_is_made_good_by_the_same_command(tmp_path
     """``adprune study --workers 2``: SIGKILL one worker mid-trial. The command notices (its exit), fails
     and retries the dead trial from its checkpoint, runs what the dead worker left undone, and ends with
     exactly the trials asked for."""
-    from study.runner import optuna_storage
     from study.stores import Stores
+    from study.trials import optuna_storage
 
     runs, args = make_setup(tmp_path, monkeypatch)
     log = tmp_path / "study.log"

@@ -12,9 +12,9 @@ from adprune_core.cli import main
 from adprune_core.data import load_dataset
 from study.cli import ui_command
 from study.objective import Objective
-from study.runner import open_study
 from study.space import load_study_config
 from study.tracking import StudyTracker
+from study.trials import open_study
 from tests.helpers import EPOCHS, TINY, optuna_uri, tracking_uri
 
 

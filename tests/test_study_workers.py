@@ -10,8 +10,9 @@ import pytest
 
 from adprune_core.errors import ConfigError
 from study.cli import worker_envs
-from study.runner import optuna_storage, split_quotas
 from study.stores import Stores
+from study.trials import optuna_storage
+from study.workers import split_quotas
 from tests.test_study_run import load, mlflow_runs, study_cli, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_two_workers_share_one_study(tmp_path):
 POP_WAITING = """
 import json, sys
 import optuna
-from study.runner import optuna_storage
+from study.trials import optuna_storage
 from study.stores import Stores
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

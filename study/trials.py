@@ -1,0 +1,243 @@
+"""The study's trials in the Optuna storage: opening it, creating or loading the study, stale trials,
+retries, counting, the baseline.
+
+- ``n_trials`` counts every trial of the study, the baseline and failed ones included, except a trial
+  whose worker died and that was retried (its retry counts instead): ``counted_trials``.
+- The first trial is the dense baseline (``prune.schedule=none``), enqueued with user attr
+  ``baseline=True`` when the study has none that completed or is waiting: ``enqueue_baseline``.
+- Fault tolerance: every running trial beats a heartbeat into the Optuna storage (every
+  ``HEARTBEAT_INTERVAL_S``). A trial whose heartbeat is older than ``HEARTBEAT_GRACE_S`` lost its
+  worker (SIGKILL, out of memory, a dead machine): Optuna's ``fail_stale_trials``, which every worker
+  runs before each trial and ``fail_stale_trials`` here runs when a session starts, marks it FAIL and
+  calls ``RetryDeadWorkerTrials``: Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a copy (same
+  params and user attrs, the baseline flag included) and the dead trial's MLflow run ends FAILED. The
+  copy continues from the dead trial's last epoch checkpoint (``study/objective.py``). A session that
+  finds RUNNING trials waits about the grace period for their heartbeats to go stale; trials that never
+  had one (left by a process without heartbeats) are marked FAIL at once and not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from adprune_core.errors import ConfigError
+from study.objective import WORKER_ATTR, retry_history
+from study.space import StudyConfig
+from study.stores import (
+    STORAGE_FLAG,
+    Stores,
+    backend,
+    connection_error,
+    engine_kwargs,
+    serialize_sqlite_transactions,
+)
+from study.tracking import end_dead_trial_run
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+SPEC_ATTR = "study_spec"  # study user attr: the study config as plain data, for workers that join
+TARGET_ATTR = "trials_target"  # study user attr: n_trials of the last ``run_study``
+
+
+HEARTBEAT_INTERVAL_S = 10  # a running trial writes its heartbeat this often
+HEARTBEAT_GRACE_S = 30  # a trial whose heartbeat is older lost its worker
+MAX_RETRY = 2  # retries of a trial whose worker died (a trial that kills its workers is not retried forever)
+HEARTBEAT_ENV = ("ADPRUNE_HEARTBEAT_INTERVAL_S", "ADPRUNE_HEARTBEAT_GRACE_S")  # overrides, e.g. for tests
+DEAD_WORKER_REASON = "worker died (no heartbeat)"
+LEFT_RUNNING_REASON = "left running by an interrupted process"
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace period) in seconds: the module constants, or the environment's overrides."""
+    values = []
+    for name, default in zip(HEARTBEAT_ENV, (HEARTBEAT_INTERVAL_S, HEARTBEAT_GRACE_S)):
+        raw = os.environ.get(name, "")
+        if not raw:
+            values.append(default)
+            continue
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"${name}: {raw!r} must be a whole number of seconds >= 1; unset it for {default}")
+        values.append(int(raw))
+    interval, grace = values
+    if grace <= interval:
+        raise ConfigError(f"${HEARTBEAT_ENV[1]}: grace period {grace} s must exceed the heartbeat interval "
+                          f"{interval} s, or every trial would look dead between two heartbeats")
+    return interval, grace
+
+
+class RetryDeadWorkerTrials:
+    """Optuna's heartbeat-stale trial callback: retry the trial and end its MLflow run FAILED.
+
+    Optuna calls it (from ``fail_stale_trials``, in whichever process notices) with a trial it has just
+    marked FAIL because its heartbeat stopped. Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a
+    WAITING copy with the same params and user attrs (``baseline`` included) and records the retry
+    history in the copy's system attrs, up to ``max_retry`` times per original trial."""
+
+    def __init__(self, stores: Stores, max_retry: int = MAX_RETRY) -> None:
+        self.stores, self.max_retry = stores, max_retry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retried = len(retry_history(trial)) < self.max_retry  # Optuna's own rule, see the class docstring
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                end_dead_trial_run(self.stores, run_id, DEAD_WORKER_REASON, retried)
+            except Exception as exc:  # tracking trouble must not stop the study: the Optuna side is done
+                logging.getLogger(__name__).warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
+
+
+def optuna_storage(stores: Stores | str | Path) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage (``stores.optuna_url``), with trial heartbeats and
+    ``RetryDeadWorkerTrials``. Shared by several processes: SQLite transactions are serialised and wait
+    up to a minute for another process's lock, servers get a connect timeout (``study.stores``). A
+    storage that cannot be opened is a one-line ``ConfigError``, its password redacted."""
+    stores = Stores.of(stores)
+    url = stores.optuna_url
+    interval, grace = heartbeat_settings()
+    if backend(url) == "sqlite":
+        Path(url.partition(":///")[2]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs(url), heartbeat_interval=interval, grace_period=grace,
+                heartbeat_stale_trial_callback=RetryDeadWorkerTrials(stores))
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise connection_error(exc, url, "the Optuna storage", STORAGE_FLAG) from None
+    if backend(url) == "sqlite":
+        serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def open_study(cfg: StudyConfig, name: str, stores: Stores | str | Path,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create or load study ``name`` (in ``storage``, default ``optuna_storage(stores)``); check it
+    optimises the same objectives."""
+    stores = Stores.of(stores)
+    stores.runs_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(storage=storage or optuna_storage(stores), study_name=name,
+                                directions=list(cfg.directions),
+                                load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
+    stored = study.user_attrs.get("objectives")
+    mine = [f"{n} ({d})" for n, d in zip(cfg.objective_names, cfg.directions)]
+    have = [d.name.lower() for d in study.directions]
+    if (stored is not None and stored != mine) or have != list(cfg.directions):
+        raise ConfigError(f"study {name!r} in {stores.describe()} optimises {stored or have}, not {mine}; "
+                          "use another --name (or --runs-dir / --storage) for different objectives")
+    if stored is None:
+        study.set_user_attr("objectives", mine)
+    return study
+
+
+def load_existing_study(name: str, storage: optuna.storages.RDBStorage, stores: Stores) -> optuna.Study:
+    """Study ``name`` as it is in ``storage``; a one-line ``ConfigError`` naming the known studies if absent."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise ConfigError(f"--study: no study {name!r} in {stores.describe()}; known: {', '.join(names) or 'none'} "
+                          "(start it with make study, then join it)")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@dataclass
+class StaleTrials:
+    dead: list[int]  # heartbeat stopped: FAIL, retried (Optuna's mechanism, ``RetryDeadWorkerTrials``)
+    left_running: list[int]  # never had a heartbeat: FAIL with ``fail_reason``, not retried
+    alive: list[int]  # heartbeat still fresh after the wait: another process runs them; left alone
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, wait_s: float | None = None,
+                      log: Any = print) -> StaleTrials:
+    """Mark the RUNNING trials of ``study`` (in ``storage``) whose process is gone FAIL.
+
+    Trials our objective ran (user attr ``worker``) have heartbeats: Optuna's ``fail_stale_trials``
+    fails those whose heartbeat is older than the grace period and retries them. This waits up to
+    ``wait_s`` (default: grace period + interval + 2 s) for the heartbeats of such trials to go stale,
+    so a session started right after a crash still finds its dead trials. Other RUNNING trials were
+    left by a process without heartbeats (an older version, a bare ``study.ask()``): FAIL at once with
+    ``fail_reason`` "left running by an interrupted process", not retried."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not before:
+        return StaleTrials([], [], [])
+    study_id = storage.get_study_id_from_name(study.study_name)
+    left = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if WORKER_ATTR not in t.user_attrs]
+    for number in left:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        storage.set_trial_user_attr(trial_id, "fail_reason", LEFT_RUNNING_REASON)
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    interval, grace = heartbeat_settings()
+    wait_s = grace + interval + 2 if wait_s is None else wait_s  # the last beat may be an interval old
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        if not running or time.monotonic() >= deadline:
+            break
+        if not waited:
+            log(f"waiting up to {wait_s:g} s for the heartbeats of running trial(s) "
+                f"{', '.join(map(str, running))}: a trial whose heartbeat stops for {grace} s lost its worker")
+            waited = True
+        time.sleep(1.0)
+    # failed by the heartbeat: FAIL without a reason (a trial that raised records one, see objective.py)
+    dead = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number in before and t.number not in left and "fail_reason" not in t.user_attrs]
+    return StaleTrials(dead=dead, left_running=left, alive=running)
+
+
+def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that count towards ``n_trials``: every COMPLETE, PRUNED and FAIL trial except
+    the FAIL trials that a retry replaces (their worker died; the retry counts once it finishes)."""
+    replaced = {n for t in trials for n in retry_history(t)}
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced]
+
+
+def enqueue_baseline(study: optuna.Study) -> bool:
+    """Enqueue the dense baseline unless one completed or waits; returns whether it enqueued."""
+    alive = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=alive)):
+        return False
+    study.enqueue_trial({}, user_attrs={"baseline": True})
+    return True
+
+
+def baseline_waiting(study: optuna.Study) -> bool:
+    return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def sampler_seed(seed: int, finished: int) -> int:
+    """The sampler's seed for a session that starts with ``finished`` trials done."""
+    return seed if finished == 0 else (seed * 1_000_003 + finished) % 2**32
+
+
+def trial_line(trial: Any, names: tuple[str, ...]) -> str:
+    notes = ["baseline"] if trial.user_attrs.get("baseline") else []
+    if trial.user_attrs.get("retry_of") is not None:
+        resumed = trial.user_attrs.get("resumed_from_epoch")
+        notes.append(f"retry of trial {trial.user_attrs['retry_of']}"
+                     + (f", resumed after epoch {resumed}" if resumed else ""))
+    tag = " (" + "; ".join(notes) + ")" if notes else ""
+    head = f"trial {trial.number}{tag} {trial.state.name}"
+    if trial.state == TrialState.COMPLETE:
+        values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values))
+        comp, drop = trial.user_attrs.get("compression_flops"), trial.user_attrs.get("accuracy_drop")
+        infeasible = "" if all(v <= 0 for v in trial.constraints.values()) else \
+            f"; infeasible: val_top1 {drop:.3f} below the baseline"
+        return f"{head}: {values}" + (f", compression_flops {comp:.2f}x" if comp else "") + infeasible
+    reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
+    return f"{head}: {reason}"

@@ -1,0 +1,188 @@
+"""Worker processes sharing one study.
+
+- ``run_study`` with ``workers`` > 1 (``adprune study --workers k`` or ``--gpus 0,1 --workers-per-gpu
+  k``) prepares the study and runs the baseline itself, then starts one process per worker, each
+  running ``run_worker`` for a fixed quota of the remaining trials against the same stores: the total
+  is exact. A worker that dies is made good by ``make_good``: its trial is failed and retried, and
+  what it left undone runs in the starting process.
+- ``join_study`` (``adprune worker``) joins a running study from any machine that reaches its stores,
+  with the config stored in the study, until the study holds its target (or for a given count).
+- Ctrl-C: workers run in their own session; the starting process passes the first Ctrl-C on once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from adprune_core import interrupts
+from adprune_core.data import load_dataset
+from adprune_core.errors import ConfigError
+from study.objective import Objective
+from study.samplers import SAMPLERS
+from study.space import StudyConfig, study_config_from_spec
+from study.stores import Stores, check_tracking_reachable
+from study.tracking import StudyTracker
+from study.trials import (
+    DEAD_WORKER_REASON,
+    FINISHED,
+    SPEC_ATTR,
+    TARGET_ATTR,
+    counted_trials,
+    fail_stale_trials,
+    load_existing_study,
+    optuna_storage,
+    sampler_seed,
+    trial_line,
+)
+
+
+def split_quotas(trials: int, workers: int) -> list[int]:
+    """Trials per worker: ``trials`` shared as evenly as possible, no worker given none."""
+    base, extra = divmod(trials, workers)
+    return [q for q in (base + (1 if r < extra else 0) for r in range(workers)) if q > 0]
+
+
+def wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas: list[int], parent_run_id: str,
+                      log: Any) -> str:
+    """Start one worker per quota and wait for all; returns the parent run's final MLflow status.
+
+    Ctrl-C is passed on to the workers, which mark their running trials and stop."""
+    if not quotas:
+        return "FINISHED"
+    log(f"starting {len(quotas)} worker processes with {', '.join(map(str, quotas))} trial(s) each")
+    procs = [spawn(rank, quota, parent_run_id) for rank, quota in enumerate(quotas)]
+    forwarded = False
+    try:
+        while any(p.poll() is None for p in procs):
+            if interrupts.requested() and not forwarded:  # the first Ctrl-C: each worker stops at a safe point
+                _signal_alive(procs)
+                forwarded = True
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # the second: the workers stop at once too
+        _signal_alive(procs)
+        for p in procs:
+            p.wait()
+        raise
+    codes = [p.returncode for p in procs]
+    interrupts.check()
+    failed = [rank for rank, code in enumerate(codes) if code != 0]
+    if failed:
+        how = ", ".join(f"{rank} ({_exit_reason(codes[rank])})" for rank in failed)
+        log(f"worker(s) {how} ended early; their finished trials are kept")
+    return "FAILED" if failed else "FINISHED"
+
+
+def make_good(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective,
+               after: Callable[[optuna.Study, optuna.trial.FrozenTrial], None], n_trials: int, log: Any) -> None:
+    """After a worker died (or failed): fail and retry its trial once its heartbeat is stale, then run
+    in this process the trials the study still lacks to hold ``n_trials`` (a retry first: Optuna runs
+    WAITING trials before new ones, and the retry resumes from the dead trial's last checkpoint)."""
+    stale = fail_stale_trials(study, storage, log=log)
+    if stale.dead:
+        log(f"marked trial(s) {', '.join(map(str, stale.dead))} of the dead worker(s) FAIL ({DEAD_WORKER_REASON}); "
+            "each is retried from its last epoch checkpoint")
+    missing = n_trials - len(counted_trials(study.get_trials(deepcopy=False))) - len(stale.alive)
+    if missing > 0:
+        log(f"running here the {missing} trial(s) the dead worker(s) left undone")
+        study.optimize(objective, n_trials=missing, catch=(Exception,), callbacks=[after])
+
+
+def _exit_reason(code: int) -> str:
+    """``-9`` -> "killed by SIGKILL", ``2`` -> "exit code 2"."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _signal_alive(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+
+
+def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_run_id: str, *,
+               quota: int | None = None, target: int | None = None, rank: int | None = None,
+               log: Any = print) -> int:
+    """Run trials of the (already prepared) study ``name`` in this process; returns how many it ran.
+
+    ``quota``: exactly that many trials (the workers ``run_study`` starts). ``target``: until the study
+    holds that many (``counted_trials`` plus those running): workers that finish at the same moment may
+    each start one more, so a study can overshoot its target by up to the number of workers, less one.
+    ``rank`` numbers the workers ``run_study`` starts (their sampler seeds follow from it); a worker
+    that joins from elsewhere (``rank`` None) draws from a seed of its host and process."""
+    if (quota is None) == (target is None):
+        raise ValueError("give a worker either a quota or a target")
+    stores = Stores.of(stores)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna_storage(stores)
+    study = load_existing_study(name, storage, stores)
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    # each worker draws its own suggestions: the study's seed, shifted by rank (or host and process)
+    shift = 7919 * (rank + 1) if rank is not None else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + shift)
+                                                   % 2**32)
+    tag = f"worker {rank}" if rank is not None else f"{socket.gethostname()}:{os.getpid()}"
+    if target is not None and _reached(study, target):
+        log(f"[{tag}] study {name!r} already holds its {target} trial(s): nothing to run")
+        return 0
+    data = load_dataset(cfg.trainer.data)
+    tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
+    tracker.attach(parent_run_id)
+    objective = Objective(cfg, data, stores.runs_dir / "studies" / name, tracker, progress=False)
+    ran = 0
+
+    def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+        tracker.after_trial(study, trial)
+        log(f"[{tag}] {trial_line(trial, cfg.objective_names)}")
+        if target is not None and _reached(study, target):
+            study.stop()
+        interrupts.check()
+
+    with interrupts.deferred():
+        study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
+    return ran
+
+
+def _reached(study: optuna.Study, target: int) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    return len(counted_trials(trials)) + sum(t.state == TrialState.RUNNING for t in trials) >= target
+
+
+def join_study(name: str, stores: Stores | str | Path, trials: int | None = None, overrides: Sequence[str] = (),
+               values: Mapping[str, Any] | None = None, log: Any = print) -> int:
+    """``adprune worker``: join study ``name`` (started by ``run_study``, perhaps on another machine) with
+    the config stored in it, ``overrides`` applied (e.g. this machine's ``data.root``); run ``trials``
+    trials, or until the study holds its target. Returns how many trials this process ran."""
+    stores = Stores.of(stores)
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials: {trials} must be >= 1, or left out to run until the study holds its target")
+    storage = optuna_storage(stores)
+    check_tracking_reachable(stores)
+    study = load_existing_study(name, storage, stores)
+    attrs = study.user_attrs
+    if SPEC_ATTR not in attrs or "mlflow_parent_run_id" not in attrs:
+        raise ConfigError(f"study {name!r} holds no study config (it was started by an older adprune); "
+                          "run make study for it once with this version, then join it")
+    cfg = study_config_from_spec(attrs[SPEC_ATTR], overrides, values, source=f"study {name!r}")
+    target = None if trials is not None else int(attrs[TARGET_ATTR])
+    log(f"joined study {name!r} ({stores.describe()}): "
+        + (f"{trials} trial(s)" if trials is not None else f"until it holds {target} trial(s)"))
+    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], quota=trials, target=target, log=log)
+    log(f"ran {ran} trial(s) of study {name!r}")
+    return ran

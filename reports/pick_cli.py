@@ -16,6 +16,7 @@ import sys
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ADPruneError
 from study.cli import add_store_args, stores_from_args
+from study.stores import location
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +53,7 @@ def _run_pick(args: argparse.Namespace) -> int:
     if reason:
         print(f"why: {reason}")
     print(f"registered: {result.model_name} version {result.version}, alias {result.alias} "
-          f"({m['registry']['uri']} in {m['registry']['tracking_uri']})")
+          f"({m['registry']['uri']} in {location(m['registry']['tracking_uri'])})")
     files = sorted(p.name for p in result.out_dir.iterdir() if p.is_file())
     print(f"exported: {result.out_dir}/ ({', '.join(files)}); loading: {result.out_dir / 'README.md'}")
     checks = m["checks"]

@@ -50,6 +50,7 @@ from study.trials import (
     open_study,
     optuna_storage,
     sampler_seed,
+    target_reached,
     trial_line,
 )
 from study.workers import make_good, split_quotas, wait_for_workers
@@ -137,6 +138,8 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
             else:
                 log(line)
             bar.update(1)
+            if target_reached(study, n_trials):  # workers that joined from elsewhere did the rest
+                study.stop()
             interrupts.check()  # between two trials: a Ctrl-C stops here, the finished trial recorded
 
         status = "FAILED"

@@ -207,6 +207,12 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     return [t for t in trials if t.state in FINISHED and t.number not in replaced]
 
 
+def target_reached(study: optuna.Study, target: int) -> bool:
+    """Whether the study holds ``target`` trials: those that count (``counted_trials``) plus those running."""
+    trials = study.get_trials(deepcopy=False)
+    return len(counted_trials(trials)) + sum(t.state == TrialState.RUNNING for t in trials) >= target
+
+
 def enqueue_baseline(study: optuna.Study) -> bool:
     """Enqueue the dense baseline unless one completed or waits; returns whether it enqueued."""
     alive = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)

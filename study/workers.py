@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from adprune_core import interrupts
 from adprune_core.data import load_dataset
@@ -43,6 +42,7 @@ from study.trials import (
     load_existing_study,
     optuna_storage,
     sampler_seed,
+    target_reached,
     trial_line,
 )
 
@@ -119,24 +119,27 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
                log: Any = print) -> int:
     """Run trials of the (already prepared) study ``name`` in this process; returns how many it ran.
 
-    ``quota``: exactly that many trials (the workers ``run_study`` starts). ``target``: until the study
-    holds that many (``counted_trials`` plus those running): workers that finish at the same moment may
-    each start one more, so a study can overshoot its target by up to the number of workers, less one.
-    ``rank`` numbers the workers ``run_study`` starts (their sampler seeds follow from it); a worker
-    that joins from elsewhere (``rank`` None) draws from a seed of its host and process."""
-    if (quota is None) == (target is None):
-        raise ValueError("give a worker either a quota or a target")
+    ``quota``: at most that many trials. ``target``: until the study holds that many
+    (``target_reached``); workers that finish at the same moment may each start one more, so joined
+    workers can overshoot a target by up to their number, less one. ``rank`` numbers the workers
+    ``run_study`` starts: they run their quota, and stop early at the study's target (``TARGET_ATTR``)
+    when workers that joined from elsewhere did part of it; their sampler seeds follow from the rank. A
+    worker that joins from elsewhere (``rank`` None) draws from a seed of its host and process."""
+    if quota is None and target is None:
+        raise ValueError("give a worker a quota, a target or both")
     stores = Stores.of(stores)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna_storage(stores)
     study = load_existing_study(name, storage, stores)
+    if rank is not None and target is None:
+        target = study.user_attrs.get(TARGET_ATTR)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     # each worker draws its own suggestions: the study's seed, shifted by rank (or host and process)
     shift = 7919 * (rank + 1) if rank is not None else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
     study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + shift)
                                                    % 2**32)
     tag = f"worker {rank}" if rank is not None else f"{socket.gethostname()}:{os.getpid()}"
-    if target is not None and _reached(study, target):
+    if target is not None and target_reached(study, target):
         log(f"[{tag}] study {name!r} already holds its {target} trial(s): nothing to run")
         return 0
     data = load_dataset(cfg.trainer.data)
@@ -150,18 +153,13 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
         ran += 1
         tracker.after_trial(study, trial)
         log(f"[{tag}] {trial_line(trial, cfg.objective_names)}")
-        if target is not None and _reached(study, target):
+        if target is not None and target_reached(study, target):
             study.stop()
         interrupts.check()
 
     with interrupts.deferred():
         study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
     return ran
-
-
-def _reached(study: optuna.Study, target: int) -> bool:
-    trials = study.get_trials(deepcopy=False)
-    return len(counted_trials(trials)) + sum(t.state == TrialState.RUNNING for t in trials) >= target
 
 
 def join_study(name: str, stores: Stores | str | Path, trials: int | None = None, overrides: Sequence[str] = (),

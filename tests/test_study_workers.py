@@ -3,16 +3,20 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
+from adprune_core.cli import main
 from adprune_core.errors import ConfigError
 from study.cli import worker_envs
-from study.stores import Stores
+from study.stores import Stores, sqlite_path
 from study.trials import optuna_storage
 from study.workers import split_quotas
+from tests.helpers import TINY
 from tests.test_study_run import load, mlflow_runs, study_cli, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,3 +113,39 @@ def test_four_workers_complete_a_study_without_losing_or_duplicating_trials(tmp_
     _, parents, children = mlflow_runs(runs)
     assert [int(r.data.tags["optuna.trial_number"]) for r in children] == list(range(9))
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children) and parents[0].info.status == "FINISHED"
+
+
+def test_a_worker_that_joins_shares_the_study_and_everyone_stops_at_its_target(tmp_path, capsys):
+    """``make study TRIALS=6`` runs in one process; ``make worker`` joins from another runtime folder (another
+    machine, sharing the stores by URL) while it runs. Between them they run the six trials: the study
+    process stops early because the joined worker did part of its work; at most one trial more."""
+    config = tmp_path / "long.yaml"
+    base = {**TINY["base"], "data": {**TINY["base"]["data"], "train_size": 1024}}
+    config.write_text(yaml.safe_dump({**TINY, "base": base}, sort_keys=False))
+    runs = tmp_path / "runs"
+    stores = Stores.resolve(runs, env={})
+    log = tmp_path / "study.log"
+    proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "study", "--config", str(config), "--runs-dir",
+                             str(runs), "--name", "tiny", "--trials", "6", "--no-progress"], cwd=ROOT,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not [t for t in _trials_or_none(stores) if t.state.name == "COMPLETE"]:  # the baseline is done
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    assert main(["worker", "--study", "tiny", "--runs-dir", str(tmp_path / "elsewhere"), "--storage",
+                 stores.optuna_url, "--tracking", stores.tracking_uri]) == 0
+    assert proc.wait(300) == 0, log.read_text()
+    joined = [t for t in load(runs) if t.user_attrs["out_dir"].startswith(str(tmp_path / "elsewhere"))]
+    here = [t for t in load(runs) if t.user_attrs["out_dir"].startswith(str(runs))]
+    assert joined and len(here) < 6  # both did part of the study
+    assert 6 <= len(joined) + len(here) <= 7 and all(t.state.name in ("COMPLETE", "PRUNED") for t in load(runs))
+    assert "until it holds 6 trial(s)" in capsys.readouterr().out
+
+
+def _trials_or_none(stores):
+    if not sqlite_path(stores.optuna_url).is_file():
+        return []
+    try:
+        return optuna.load_study(study_name="tiny", storage=stores.optuna_url).get_trials()
+    except Exception:  # the study process is still creating it
+        return []

@@ -123,6 +123,14 @@ def sqlite_url(path: str | Path, timeout_s: int | None = None) -> str:
     return url if timeout_s is None else f"{url}?timeout={timeout_s}"
 
 
+def _with_lock_timeout(url: str) -> str:
+    """A SQLite tracking URI waits for other processes' locks as long as the Optuna storage does (MLflow
+    opens its own engine, so the wait travels in the URL); other URLs are returned as they are."""
+    if backend(url) != "sqlite" or "timeout=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}timeout={SQLITE_LOCK_TIMEOUT_S}"
+
+
 @dataclass(frozen=True)
 class Stores:
     """The study's two stores and the local runtime folder; ``resolve`` builds it once per command."""
@@ -141,8 +149,8 @@ class Stores:
         tracking = tracking or env.get(TRACKING_ENV) or None
         optuna_url = (check_url(storage, "the Optuna storage", DATABASES, STORAGE_FLAG, EXAMPLE_STORAGE)
                       if storage else sqlite_url(runs / "optuna.db"))
-        tracking_uri = (check_url(tracking, "the MLflow tracking store", DATABASES + SERVERS, TRACKING_FLAG,
-                                  EXAMPLE_TRACKING)
+        tracking_uri = (_with_lock_timeout(check_url(tracking, "the MLflow tracking store", DATABASES + SERVERS,
+                                                     TRACKING_FLAG, EXAMPLE_TRACKING))
                         if tracking else sqlite_url(runs / "mlflow.db", SQLITE_LOCK_TIMEOUT_S))
         return cls(runs.resolve(), optuna_url, tracking_uri)
 
@@ -160,11 +168,6 @@ class Stores:
     def artifact_root(self) -> Path | None:
         """Where this machine writes artifacts, or None when a tracking server keeps them."""
         return None if self.tracking_server else self.runs_dir / "mlartifacts"
-
-    @property
-    def embedded(self) -> bool:
-        return self.optuna_url == sqlite_url(self.runs_dir / "optuna.db") and self.tracking_uri == sqlite_url(
-            self.runs_dir / "mlflow.db", SQLITE_LOCK_TIMEOUT_S)
 
     def describe(self) -> str:
         """Both stores, passwords redacted: safe to print."""

@@ -61,7 +61,7 @@ def test_bad_store_urls_are_one_line_errors_without_the_password(url, allowed, m
 
 def test_stores_resolve_flags_then_environment_then_the_runtime_folder(tmp_path):
     embedded = Stores.resolve(tmp_path, env={})
-    assert embedded.embedded and not embedded.tracking_server
+    assert not embedded.tracking_server
     assert sqlite_path(embedded.optuna_url) == (tmp_path / "optuna.db").resolve()
     assert sqlite_path(embedded.tracking_uri) == (tmp_path / "mlflow.db").resolve()
     assert embedded.artifact_root == (tmp_path / "mlartifacts").resolve()
@@ -69,9 +69,12 @@ def test_stores_resolve_flags_then_environment_then_the_runtime_folder(tmp_path)
     env = {STORAGE_ENV: f"postgresql://ada:{SECRET}@db:5432/optuna", TRACKING_ENV: "http://mlflow:5001"}
     remote = Stores.resolve(tmp_path, env=env)
     assert remote.optuna_url == env[STORAGE_ENV] and remote.tracking_server and remote.artifact_root is None
-    assert not remote.embedded and SECRET not in remote.describe()
+    assert SECRET not in remote.describe()
     assert remote.describe() == "optuna postgresql://ada:***@db:5432/optuna, mlflow http://mlflow:5001"
     assert remote.child_env() == env  # workers get the URLs through the environment
+
+    shared = Stores.resolve(tmp_path, tracking="sqlite:////nfs/mlflow.db", env={})
+    assert shared.tracking_uri == "sqlite:////nfs/mlflow.db?timeout=60"  # waits for locks like the default
 
     flagged = Stores.resolve(tmp_path, storage="sqlite:////tmp/elsewhere.db", env=env)
     assert flagged.optuna_url == "sqlite:////tmp/elsewhere.db" and flagged.tracking_uri == env[TRACKING_ENV]

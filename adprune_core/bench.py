@@ -36,7 +36,7 @@ from adprune_core.data import DeviceLoader
 from adprune_core.density import DensityMeter
 from adprune_core.graph import analyse, prepare_model
 from adprune_core.models import build_model
-from adprune_core.surgery import prune_groups
+from adprune_core.surgery import shrink_to_widths
 from adprune_core.trainer import autocast_dtype, build_optimizer, resolve_device, uses_channels_last
 
 SHAPE = (3, 32, 32)
@@ -59,14 +59,14 @@ def _model(name: str, device: torch.device, keep: float = 1.0, shape: tuple[int,
     model = prepare_model(build_model(ModelConfig(name=name), classes, shape)).to(device)
     if keep < 1.0:
         example = torch.zeros(1, *shape, device=device)
-        graph = analyse(model, example)
-        widths = {g.name: list(range(max(1, round(g.width * keep)))) for g in graph.groups}
-        prune_groups(model, widths, example)
+        widths = {g.name: max(1, round(g.width * keep)) for g in analyse(model, example).groups}
+        shrink_to_widths(model, widths, example)
     return model
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None):
+def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """One training step as the trainer runs it (autocast, NHWC on CUDA), on a fixed batch."""
+    dtype = autocast_dtype(TrainConfig(), x.device)
     opt = build_optimizer(model, TrainConfig())
     loss_fn = nn.CrossEntropyLoss()
     if uses_channels_last(TrainConfig(), x.device):
@@ -99,7 +99,7 @@ def density_overhead(name: str, device: torch.device, batch: int, steps: int, ro
     x = torch.randn(batch, *SHAPE, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     meter = DensityMeter(model, analyse(model, x[:1]).activations)
-    step = _step_fn(model, x, y, autocast_dtype(TrainConfig(), device))
+    step = _step_fn(model, x, y)
     meter.active = True
     for _ in range(3):
         step()
@@ -153,12 +153,11 @@ def input_pipeline(device: torch.device, n: int, batch: int, workers: int) -> di
 def dense_vs_pruned(name: str, device: torch.device, batch: int, steps: int, keep: float) -> dict:
     x = torch.randn(batch, *SHAPE, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    dtype = autocast_dtype(TrainConfig(), device)
     rows = {}
     steps_by_kind = {}
     for kind, k in (("dense", 1.0), ("pruned", keep)):
         model = _model(name, device, k)
-        step = _step_fn(model, x, y, dtype)
+        step = _step_fn(model, x, y)
         for _ in range(3):
             step()
         steps_by_kind[kind] = step
@@ -190,7 +189,7 @@ def dense_throughput(name: str, shape: tuple[int, int, int], classes: int, devic
     per_image = training_flops(model, shape)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
-    step = _step_fn(model, x, y, autocast_dtype(TrainConfig(), device))
+    step = _step_fn(model, x, y)
     for _ in range(3):
         step()
     seconds = statistics.median(_time(step, device, steps) for _ in range(rounds))
@@ -199,13 +198,13 @@ def dense_throughput(name: str, shape: tuple[int, int, int], classes: int, devic
             "images_per_s": images_per_s, "flops_per_s": images_per_s * per_image}
 
 
-def _concurrent_worker(rank: int, k: int, device: str, batch: int, steps: int, threads: int, barrier, results) -> None:
+def _concurrent_worker(rank: int, device: str, batch: int, steps: int, threads: int, barrier, results) -> None:
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model = _model("vgg19", dev, keep=0.3)
     x = torch.randn(batch, *SHAPE, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
-    step = _step_fn(model, x, y, autocast_dtype(TrainConfig(), dev))
+    step = _step_fn(model, x, y)
     for _ in range(3):
         step()
     _sync(dev)
@@ -224,7 +223,7 @@ def concurrent_trials(device: torch.device, batch: int, steps: int, ks: tuple[in
         barrier, manager = ctx.Barrier(k), ctx.Manager()
         results = manager.dict()
         threads = 1 if device.type == "cuda" else max(1, cores // k)
-        procs = [ctx.Process(target=_concurrent_worker, args=(r, k, str(device), batch, steps, threads, barrier,
+        procs = [ctx.Process(target=_concurrent_worker, args=(r, str(device), batch, steps, threads, barrier,
                                                               results)) for r in range(k)]
         for proc in procs:
             proc.start()

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from adprune_core.errors import ADPruneError
+from adprune_core.export import cpu_state_dict
 from adprune_core.files import atomic_write
 
 FORMAT = "adprune-checkpoint/1"
@@ -65,7 +66,7 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, optimizer: torch
     ``state`` is extra JSON (plain data; floats may be NaN); nothing passed is modified."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {f"model/{k}": v for k, v in cpu_state_dict(model).items()}
     tensors.update({f"momentum/{k}": v for k, v in momentum_buffers(model, optimizer).items()})
     tensors.update({f"rng/{k}": v for k, v in rng_states().items()})
     payload = {**(state or {}), "epoch": int(epoch), "group_widths": {k: int(v) for k, v in group_widths.items()}}
@@ -81,17 +82,17 @@ def read_state(directory: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    _check_format(path, metadata)
-    return json.loads(metadata["state"])
+        return _state(path, f)
 
 
 def load_checkpoint(directory: str | Path) -> Checkpoint | None:
     """The checkpoint in ``directory``, tensors on the CPU, or None if there is none."""
-    state = read_state(directory)
-    if state is None:
+    path = checkpoint_path(directory)
+    if not path.is_file():
         return None
-    tensors = load_file(str(checkpoint_path(directory)))
+    with safe_open(str(path), framework="pt") as f:  # one open: header and tensors of the same file
+        state = _state(path, f)
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
     parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "momentum": {}, "rng": {}}
     for key, value in tensors.items():
         kind, _, name = key.partition("/")
@@ -176,7 +177,10 @@ def _flat(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_format(path: Path, metadata: Mapping[str, str]) -> None:
+def _state(path: Path, f: Any) -> dict[str, Any]:
+    """The JSON part of the open checkpoint ``f`` (a ``safe_open`` handle of ``path``), its format checked."""
+    metadata = f.metadata() or {}
     if metadata.get("format") != FORMAT or "state" not in metadata:
         raise ADPruneError(f"{str(path)!r} is not an adprune checkpoint (format {metadata.get('format')!r}, "
                            f"expected {FORMAT!r}); delete it or point checkpoint_dir elsewhere")
+    return json.loads(metadata["state"])

@@ -110,12 +110,14 @@ class DeviceLoader:
     ``crop_padding`` zero pixels on each side and a horizontal flip with p=0.5, all on the device and
     vectorised over the batch. ``train=False`` yields the images in order, unaugmented. Randomness comes
     from a CPU generator seeded by (``seed``, epoch), so the batches are the same on every device; the
-    epoch counts the ``iter()`` calls so far (``set_epoch`` sets it, e.g. when resuming).
+    epoch counts the ``iter()`` calls so far (``set_epoch`` sets it, e.g. when resuming). Batches come in
+    ``memory_format`` (``torch.channels_last`` for an NHWC network), made in that layout, not copied to it.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
                  device: torch.device | str, mean: Sequence[float], std: Sequence[float], train: bool,
-                 augment: bool = True, crop_padding: int = 4, seed: int = 0, drop_last: bool = False) -> None:
+                 augment: bool = True, crop_padding: int = 4, seed: int = 0, drop_last: bool = False,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -131,6 +133,7 @@ class DeviceLoader:
         self.labels = labels.to(self.device, torch.int64)
         self.batch_size, self.train, self.augment = batch_size, train, train and augment
         self.crop_padding, self.seed, self.drop_last = crop_padding, seed, drop_last
+        self.memory_format = memory_format
         self.epoch = 0
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -189,7 +192,7 @@ class DeviceLoader:
         return x[batch_idx, self._channel_idx, rows[:, None, :, None], cols[:, None, None, :]]
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255).sub_(self._mean).div_(self._std)
+        return x.to(torch.float32, memory_format=self.memory_format).div_(255).sub_(self._mean).div_(self._std)
 
 
 # --- datasets --------------------------------------------------------------------------------------
@@ -478,11 +481,10 @@ def _read_imagefolder(tree: _Tree) -> ImageData:
                       if n.startswith(prefix) and n.count("/", len(prefix)) >= 1 and _is_image(n))
 
     train = files("train")
-    val_split = next((s for s in ("val", "test") if files(s)), None)
+    val_split, val = next(((s, v) for s in ("val", "test") if (v := files(s))), (None, []))
     if not train or val_split is None:
         raise DataError(f"{where}: found {len(train)} train images and no images in val/ or test/; "
                         "expected <class>/<image> folders (jpg, png, ...) under train/ and val/ (or test/)")
-    val = files(val_split)
     classes = tuple(sorted({c for c, _ in train}))
     index = {c: i for i, c in enumerate(classes)}
     extra = sorted({c for c, _ in val} - set(classes))
@@ -587,18 +589,17 @@ def _decode(tree: _Tree, names: list[str], what: str) -> torch.Tensor:
 
 def _download(url: str, dest: Path) -> Path:
     """Stream ``url`` to ``dest`` with a progress bar; ``dest`` appears only once complete."""
-    part = dest.with_name(f"{dest.name}.part{os.getpid()}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def write(part: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=None) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
+
+    atomic_write(dest, write)
     return dest
 
 

@@ -41,7 +41,7 @@ def save_model(out_dir: str | Path, model: nn.Module, *, model_cfg: ModelConfig,
     """Write ``model`` to ``out_dir`` (created) as safetensors weights plus a JSON architecture."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu().clone() for k, v in model.state_dict().items()}
+    state = cpu_state_dict(model)
     atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     arch = {
         "format": FORMAT,
@@ -54,6 +54,11 @@ def save_model(out_dir: str | Path, model: nn.Module, *, model_cfg: ModelConfig,
     }
     atomic_write(out / ARCH_FILE, lambda tmp: tmp.write_text(json.dumps(arch, indent=2)))
     return out
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` copied to the CPU, each tensor contiguous and its own (safetensors-ready)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -58,6 +58,10 @@ class ModelGraph:
         """Prunable layer -> its output channels (layers of one group share one width)."""
         return {layer: g.width for g in self.groups for layer in g.layers}
 
+    def group_widths(self) -> dict[str, int]:
+        """Group (its first layer) -> its output channels: what ``surgery.shrink_to_widths`` cuts back to."""
+        return {g.name: g.width for g in self.groups}
+
 
 def prepare_model(model: nn.Module) -> nn.Module:
     """Return ``model`` with every activation module used once; unchanged if none is shared.

@@ -189,12 +189,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
         shrink_to_widths(model, init_widths, example)
         reinitialize(model)
     state = _new_state(model, cfg, data, example, optimizer=None)
+    layout = torch.channels_last if uses_channels_last(cfg.train, device) else torch.contiguous_format
     loader = DeviceLoader(data.train_images, data.train_labels, batch_size=cfg.train.batch_size,
                           device=device, mean=data.mean, std=data.std, train=True,
                           augment=cfg.data.augment, crop_padding=cfg.data.crop_padding,
-                          seed=cfg.train.seed)
+                          seed=cfg.train.seed, memory_format=layout)
     val_loader = DeviceLoader(data.val_images, data.val_labels, batch_size=EVAL_BATCH, device=device,
-                              mean=data.mean, std=data.std, train=False)
+                              mean=data.mean, std=data.std, train=False, memory_format=layout)
     if len(loader) == 0:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} exceeds the {loader.num_samples} "
                           "training images; use a smaller batch")
@@ -218,8 +219,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                     break
                 started = time.perf_counter()
                 train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
-                val_top1 = evaluate(state.forward, val_loader, amp_dtype,
-                                    channels_last=uses_channels_last(cfg.train, device))
+                val_top1 = evaluate(state.forward, val_loader, amp_dtype)
                 counts = state.meter.read()
                 densities = _layer_densities(state.graph, counts)
                 state.density_history.append(densities)
@@ -253,15 +253,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                 summary["final"] = _final(status, record, state, dense, stop_reason)
                 if out is not None:
                     write_json(out / SUMMARY_FILE, summary)
-                if status != "completed":
-                    break
         finally:
             bar.close()
             state.meter.remove()
 
         if out is not None:
             save_model(out / MODEL_DIR, state.model, model_cfg=cfg.model, num_classes=data.num_classes,
-                       image_shape=data.image_shape, group_widths={g.name: g.width for g in state.graph.groups},
+                       image_shape=data.image_shape, group_widths=state.graph.group_widths(),
                        history=[{"epoch": e["epoch"], "kept_idxs": e["kept_idxs"]} for e in summary["prune_events"]],
                        metadata={"final": summary["final"]})
             write_json(out / SUMMARY_FILE, summary)
@@ -273,7 +271,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
 def _save_checkpoint(directory: Path, state: _State, summary: dict[str, Any], status: str) -> None:
     checkpoint.save_checkpoint(
         directory, model=state.model, optimizer=state.optimizer, epoch=summary["epochs"][-1]["epoch"],
-        group_widths={g.name: g.width for g in state.graph.groups},
+        group_widths=state.graph.group_widths(),
         state={"status": status, "summary": summary, "train_flops_cum": state.train_flops_cum,
                "rounds": state.rounds, "last_prune_epoch": state.last_prune_epoch,
                "pruning_over": state.pruning_over, "density_history": state.density_history})
@@ -320,7 +318,6 @@ def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: i
                  amp_dtype: torch.dtype | None, bar: tqdm) -> tuple[float, float]:
     """One pass over the training set; returns (mean loss, top-1). One host sync, at the end."""
     model, forward, optimizer = state.model, state.forward, state.optimizer
-    layout = torch.channels_last if uses_channels_last(cfg, next(model.parameters()).device) else None
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
@@ -335,7 +332,7 @@ def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: i
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = forward(x if layout is None else x.contiguous(memory_format=layout))
+                logits = forward(x)
             loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -351,17 +348,15 @@ def _train_epoch(state: _State, loader: DeviceLoader, cfg: TrainConfig, epoch: i
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False) -> float:
-    """Top-1 accuracy (a fraction) of ``model`` in eval mode over ``loader``."""
+def evaluate(model: nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` in eval mode over ``loader``, whose batches are fed as they
+    come: an NHWC network wants a loader with ``memory_format=torch.channels_last``."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in loader:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             correct += (model(x).argmax(1) == y).sum()
     model.train(was_training)
     return int(correct) / max(loader.num_samples, 1)

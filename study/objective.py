@@ -42,6 +42,7 @@ from adprune_core import checkpoint
 from adprune_core.config import config_to_dict
 from adprune_core.data import ImageData
 from adprune_core.trainer import train
+from study.pareto import completed_baseline
 from study.space import StudyConfig, baseline_config, suggest, trial_config
 from study.stopping import DominatedTrialStopper, compact_record
 from study.tracking import StudyTracker, TrialRun
@@ -180,11 +181,11 @@ class Objective:
         if baseline:
             reference = val_top1
         else:
-            done = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                    if t.user_attrs.get("baseline")]
-            if not done:
+            base = completed_baseline(trial.study.get_trials(deepcopy=False,
+                                                             states=(optuna.trial.TrialState.COMPLETE,)))
+            if base is None:
                 return  # no baseline to compare with: left unconstrained (feasible)
-            reference = done[-1].user_attrs["final"]["val_top1"]
+            reference = base.user_attrs["final"]["val_top1"]
         drop = reference - val_top1
         trial.set_user_attr("accuracy_drop", drop)
         trial.set_constraint("accuracy_drop", drop - limit)

@@ -52,6 +52,13 @@ def feasible(trial: Any) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
+def completed_baseline(trials: Iterable[Any]) -> Any | None:
+    """The last COMPLETE dense baseline trial (the one savings and accuracy drops are measured against; a
+    study re-enqueues the baseline only when it did not complete), or None."""
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("baseline")]
+    return done[-1] if done else None
+
+
 def pareto_trials(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
     """The COMPLETE, feasible trials on the Pareto front, by trial number."""
     done = sorted((t for t in trials if t.state.name == "COMPLETE" and feasible(t)), key=lambda t: t.number)

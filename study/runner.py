@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from adprune_core import interrupts
@@ -32,7 +30,7 @@ from adprune_core.config import config_to_dict
 from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
 from study.objective import Objective, retry_history
-from study.pareto import describe_trial, pareto_trials
+from study.pareto import completed_baseline, describe_trial, pareto_trials
 from study.samplers import SAMPLERS
 from study.space import StudyConfig
 from study.stores import Stores, check_tracking_reachable
@@ -90,9 +88,7 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
         raise ConfigError(f"--trials: {n_trials} must be >= 1 (the baseline counts as one)")
     stores = Stores.of(stores)
     runs_dir = stores.runs_dir
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # (the "optuna" logger's level)
     storage = optuna_storage(stores)
     check_tracking_reachable(stores)
     study = open_study(cfg, name, stores, storage)
@@ -116,7 +112,7 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
     if to_run and enqueue_baseline(study):
         log("enqueued the dense baseline (prune.schedule=none) as the first trial" if not trials else
             "re-enqueued the dense baseline (no completed baseline in the study)")
-    _warn_epochs(study, cfg, log)
+    _warn_epochs(trials, cfg, log)
     if trials:
         log(f"resuming study {name!r}: {finished} trial(s) done; "
             + (f"adding {to_run} to reach {n_trials}" if to_run else f"already >= {n_trials}, nothing to run"))
@@ -125,7 +121,7 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
 
     if data is not None:
         tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
-        tracker.open(study, study_record(cfg), alive_run_ids=_run_ids(study, stale.alive))
+        tracker.open(study, study_record(cfg), alive_run_ids=_run_ids(trials, stale.alive))
         objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=progress)
         bar = tqdm(total=to_run, unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True,
                    position=0)
@@ -178,15 +174,14 @@ def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran
                        retried=retried)
 
 
-def _run_ids(study: optuna.Study, numbers: list[int]) -> set[str]:
-    trials = study.get_trials(deepcopy=False)
+def _run_ids(trials: list[optuna.trial.FrozenTrial], numbers: list[int]) -> set[str]:
     return {t.user_attrs["mlflow_run_id"] for t in trials if t.number in numbers and "mlflow_run_id" in t.user_attrs}
 
 
-def _warn_epochs(study: optuna.Study, cfg: StudyConfig, log: Any) -> None:
-    base = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("baseline")]
-    if base and base[-1].user_attrs.get("epochs") != cfg.trainer.train.epochs:
-        log(f"note: the baseline ran {base[-1].user_attrs.get('epochs')} epochs, new trials run "
+def _warn_epochs(trials: list[optuna.trial.FrozenTrial], cfg: StudyConfig, log: Any) -> None:
+    base = completed_baseline(trials)
+    if base is not None and base.user_attrs.get("epochs") != cfg.trainer.train.epochs:
+        log(f"note: the baseline ran {base.user_attrs.get('epochs')} epochs, new trials run "
             f"{cfg.trainer.train.epochs}: their savings and accuracy drop are measured against it anyway")
 
 

@@ -164,11 +164,16 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+def epoch_at(frac: float, epochs: int) -> int:
+    """The epoch (1-based) a fraction of training falls on: rounded half up, never the first nor the last."""
+    return min(epochs - 1, max(1, _round_half_up(frac * epochs)))
+
+
 def _epoch_at(frac: Any, epochs: int) -> int:
     if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 < frac < 1:
         raise ConfigError(f"{FIRST_FRAC}: {frac!r} is not a fraction of training strictly between 0 and 1; "
                           "use e.g. 0.3 (first prune after 30% of the epochs)")
-    return min(epochs - 1, max(1, _round_half_up(frac * epochs)))
+    return epoch_at(frac, epochs)
 
 
 def _span(frac: Any, epochs: int) -> int:

@@ -13,18 +13,18 @@ The dense baseline is never stopped.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from study.pareto import dominates_by_margin
+from study.space import epoch_at
 
 RECORD_KEYS = ("epoch", "train_loss", "train_top1", "val_top1", "params", "flops", "train_flops_cum")
 
 
 def check_epochs(check_at: Iterable[float], epochs: int) -> tuple[int, ...]:
     """The epochs (1-based) at which to check, for a run of ``epochs``; never the last one."""
-    at = {min(epochs - 1, max(1, math.floor(f * epochs + 0.5))) for f in check_at}
+    at = {epoch_at(f, epochs) for f in check_at}  # the same rounding as the space's prune epochs
     return tuple(sorted(e for e in at if 1 <= e < epochs))
 
 

@@ -102,8 +102,8 @@ def check_url(url: str, what: str, allowed: tuple[str, ...], flag: str, example:
         raise ConfigError(f"{flag}: {shown!r} uses {kind!r}; {what} takes one of {', '.join(allowed)}, "
                           f"e.g. {example}")
     if kind == "sqlite":
-        path = url.partition(":///")[2].partition("?")[0]
-        if not url.lower().startswith(("sqlite:///", "sqlite+pysqlite:///")) or not path or path == ":memory:":
+        path = str(sqlite_path(url))
+        if not url.lower().startswith(("sqlite:///", "sqlite+pysqlite:///")) or path in ("", ".", ":memory:"):
             raise ConfigError(f"{flag}: {shown!r} is not a SQLite file; several processes share the store, "
                               "so give a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
     elif kind in SERVERS:
@@ -118,9 +118,8 @@ def check_url(url: str, what: str, allowed: tuple[str, ...], flag: str, example:
     return url
 
 
-def sqlite_url(path: str | Path, timeout_s: int | None = None) -> str:
-    url = f"sqlite:///{Path(path).resolve()}"
-    return url if timeout_s is None else f"{url}?timeout={timeout_s}"
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
 
 
 def _with_lock_timeout(url: str) -> str:
@@ -151,7 +150,7 @@ class Stores:
                       if storage else sqlite_url(runs / "optuna.db"))
         tracking_uri = (_with_lock_timeout(check_url(tracking, "the MLflow tracking store", DATABASES + SERVERS,
                                                      TRACKING_FLAG, EXAMPLE_TRACKING))
-                        if tracking else sqlite_url(runs / "mlflow.db", SQLITE_LOCK_TIMEOUT_S))
+                        if tracking else _with_lock_timeout(sqlite_url(runs / "mlflow.db")))
         return cls(runs.resolve(), optuna_url, tracking_uri)
 
     @classmethod

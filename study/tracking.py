@@ -37,6 +37,7 @@ from study.pareto import describe_trial, pareto_trials
 from study.plots import layer_curves, render
 from study.stores import Stores
 
+LEFT_RUNNING_REASON = "left running by an interrupted process"  # a run (and trial) no process will finish
 EPOCH_METRICS = ("train_loss", "train_top1", "val_top1", "lr", "params", "flops", "train_flops_cum", "seconds")
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 PLOT_FILE = "density_width.png"
@@ -121,9 +122,7 @@ class StudyTracker:
         for run in stale:
             if run.info.run_id in alive_run_ids:
                 continue
-            self.client.set_tag(run.info.run_id, "optuna.trial_state", "FAIL")
-            self.client.set_tag(run.info.run_id, "adprune.fail_reason", "left running by an interrupted process")
-            self.client.set_terminated(run.info.run_id, "FAILED")
+            end_failed_run(self.client, run.info.run_id, LEFT_RUNNING_REASON)
 
     def start_trial(self, number: int, baseline: bool, params: Mapping[str, Any], config: Mapping[str, Any],
                     out_dir: Path, retry_of: int | None = None) -> TrialRun:
@@ -258,13 +257,17 @@ def mlflow_client(stores: Stores | str | Path) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def end_dead_trial_run(stores: Stores | str | Path, run_id: str, reason: str, retried: bool) -> None:
-    """End the MLflow run of a trial whose worker died: FAILED, tagged why and whether it was retried."""
-    client = mlflow_client(stores)
+def end_failed_run(client: Any, run_id: str, reason: str, **tags: str) -> None:
+    """End a trial's run FAILED, tagged ``optuna.trial_state=FAIL``, why, and ``tags`` (``adprune.<key>``)."""
     for key, value in (("optuna.trial_state", "FAIL"), ("adprune.fail_reason", reason),
-                       ("adprune.retried", str(retried).lower())):
+                       *((f"adprune.{k}", v) for k, v in tags.items())):
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, "FAILED")
+
+
+def end_dead_trial_run(stores: Stores | str | Path, run_id: str, reason: str, retried: bool) -> None:
+    """End the MLflow run of a trial whose worker died: FAILED, tagged why and whether it was retried."""
+    end_failed_run(mlflow_client(stores), run_id, reason, retried=str(retried).lower())
 
 
 def _now_ms() -> int:

@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 
 from adprune_core.errors import ConfigError
 from study.objective import WORKER_ATTR, retry_history
+from study.pareto import feasible
 from study.space import StudyConfig
 from study.stores import (
     STORAGE_FLAG,
@@ -40,8 +41,9 @@ from study.stores import (
     connection_error,
     engine_kwargs,
     serialize_sqlite_transactions,
+    sqlite_path,
 )
-from study.tracking import end_dead_trial_run
+from study.tracking import LEFT_RUNNING_REASON, end_dead_trial_run
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SPEC_ATTR = "study_spec"  # study user attr: the study config as plain data, for workers that join
@@ -53,7 +55,6 @@ HEARTBEAT_GRACE_S = 30  # a trial whose heartbeat is older lost its worker
 MAX_RETRY = 2  # retries of a trial whose worker died (a trial that kills its workers is not retried forever)
 HEARTBEAT_ENV = ("ADPRUNE_HEARTBEAT_INTERVAL_S", "ADPRUNE_HEARTBEAT_GRACE_S")  # overrides, e.g. for tests
 DEAD_WORKER_REASON = "worker died (no heartbeat)"
-LEFT_RUNNING_REASON = "left running by an interrupted process"
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -108,7 +109,7 @@ def optuna_storage(stores: Stores | str | Path) -> optuna.storages.RDBStorage:
     url = stores.optuna_url
     interval, grace = heartbeat_settings()
     if backend(url) == "sqlite":
-        Path(url.partition(":///")[2]).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -168,12 +169,12 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
     so a session started right after a crash still finds its dead trials. Other RUNNING trials were
     left by a process without heartbeats (an older version, a bare ``study.ask()``): FAIL at once with
     ``fail_reason`` "left running by an interrupted process", not retried."""
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if not before:
+    running_before = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running_before:
         return StaleTrials([], [], [])
+    before = {t.number for t in running_before}
     study_id = storage.get_study_id_from_name(study.study_name)
-    left = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if WORKER_ATTR not in t.user_attrs]
+    left = [t.number for t in running_before if WORKER_ATTR not in t.user_attrs]
     for number in left:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
         storage.set_trial_user_attr(trial_id, "fail_reason", LEFT_RUNNING_REASON)
@@ -242,8 +243,7 @@ def trial_line(trial: Any, names: tuple[str, ...]) -> str:
     if trial.state == TrialState.COMPLETE:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values))
         comp, drop = trial.user_attrs.get("compression_flops"), trial.user_attrs.get("accuracy_drop")
-        infeasible = "" if all(v <= 0 for v in trial.constraints.values()) else \
-            f"; infeasible: val_top1 {drop:.3f} below the baseline"
+        infeasible = "" if feasible(trial) else f"; infeasible: val_top1 {drop:.3f} below the baseline"
         return f"{head}: {values}" + (f", compression_flops {comp:.2f}x" if comp else "") + infeasible
     reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
     return f"{head}: {reason}"

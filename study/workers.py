@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import time
 import zlib
@@ -27,7 +25,7 @@ import optuna
 from adprune_core import interrupts
 from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
-from study.objective import Objective
+from study.objective import Objective, worker_id
 from study.samplers import SAMPLERS
 from study.space import StudyConfig, study_config_from_spec
 from study.stores import Stores, check_tracking_reachable
@@ -116,7 +114,7 @@ def _signal_alive(procs: list[subprocess.Popen]) -> None:
 
 def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_run_id: str, *,
                quota: int | None = None, target: int | None = None, rank: int | None = None,
-               log: Any = print) -> int:
+               log: Any = print, study: optuna.Study | None = None) -> int:
     """Run trials of the (already prepared) study ``name`` in this process; returns how many it ran.
 
     ``quota``: at most that many trials. ``target``: until the study holds that many
@@ -124,21 +122,22 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
     workers can overshoot a target by up to their number, less one. ``rank`` numbers the workers
     ``run_study`` starts: they run their quota, and stop early at the study's target (``TARGET_ATTR``)
     when workers that joined from elsewhere did part of it; their sampler seeds follow from the rank. A
-    worker that joins from elsewhere (``rank`` None) draws from a seed of its host and process."""
+    worker that joins from elsewhere (``rank`` None) draws from a seed of its host and process.
+    ``study``: the study already loaded from ``stores`` (default: load it)."""
     if quota is None and target is None:
         raise ValueError("give a worker a quota, a target or both")
     stores = Stores.of(stores)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna_storage(stores)
-    study = load_existing_study(name, storage, stores)
+    if study is None:
+        study = load_existing_study(name, optuna_storage(stores), stores)
     if rank is not None and target is None:
         target = study.user_attrs.get(TARGET_ATTR)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     # each worker draws its own suggestions: the study's seed, shifted by rank (or host and process)
-    shift = 7919 * (rank + 1) if rank is not None else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    shift = 7919 * (rank + 1) if rank is not None else zlib.crc32(worker_id().encode())
     study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + shift)
                                                    % 2**32)
-    tag = f"worker {rank}" if rank is not None else f"{socket.gethostname()}:{os.getpid()}"
+    tag = f"worker {rank}" if rank is not None else worker_id()
     if target is not None and target_reached(study, target):
         log(f"[{tag}] study {name!r} already holds its {target} trial(s): nothing to run")
         return 0
@@ -181,6 +180,7 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
     target = None if trials is not None else int(attrs[TARGET_ATTR])
     log(f"joined study {name!r} ({stores.describe()}): "
         + (f"{trials} trial(s)" if trials is not None else f"until it holds {target} trial(s)"))
-    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], quota=trials, target=target, log=log)
+    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], quota=trials, target=target, log=log,
+                     study=study)
     log(f"ran {ran} trial(s) of study {name!r}")
     return ran

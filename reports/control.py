@@ -42,14 +42,15 @@ from adprune_core.errors import ADPruneError, ConfigError
 from adprune_core.export import read_architecture
 from adprune_core.models import TORCHVISION_PREFIX, build_model
 from adprune_core.trainer import train
+from reports.pareto import CONTROL_KINDS
 from reports.trial_lookup import StudyView, trial_model_dir
 from study.plots import layer_curves, render
 from study.stores import location
 from study.tracking import PLOT_FILE, TrialRun, flatten
 
-KINDS = ("scratch", "uniform")
 CONTRACT_METRICS = ("val_top1", "params", "flops", "train_flops_cum", "compression_params", "compression_flops")
-WIDTH_MULT_MIN, WIDTH_MULT_MAX = 0.01, 16.0  # model.width_mult's allowed range (adprune_core.config)
+_WIDTH_MULT = next(f for f in dataclasses.fields(ModelConfig) if f.name == "width_mult").metadata
+WIDTH_MULT_MIN, WIDTH_MULT_MAX = float(_WIDTH_MULT["lo"]), float(_WIDTH_MULT["hi"])  # model.width_mult's range
 
 
 # --- the uniform-width search (pure given a FLOPs function) ---------------------------------------
@@ -155,10 +156,9 @@ def trial_architecture(trial: FrozenTrial, client: Any) -> dict[str, Any]:
         return read_architecture(trial_model_dir(trial, client, Path(tmp)))
 
 
-def plan_uniform(trial: FrozenTrial, client: Any) -> WidthMatch:
-    """The uniform control's width multiplier: FLOPs nearest the trial's final FLOPs."""
-    arch = trial_architecture(trial, client)
-    model_cfg = control_config(trial.user_attrs["config"]).model
+def plan_uniform(trial: FrozenTrial, arch: Mapping[str, Any], model_cfg: ModelConfig) -> WidthMatch:
+    """The uniform control's width multiplier: FLOPs nearest the trial's final FLOPs. ``arch``: the trial's
+    ``model.json`` (``trial_architecture``); ``model_cfg``: the model section of its ``control_config``."""
     return uniform_width_mult(model_cfg, arch["num_classes"], tuple(arch["image_shape"]),
                               int(trial.user_attrs["final"]["flops"]))
 
@@ -167,15 +167,18 @@ def run_controls(view: StudyView, trial: FrozenTrial, client: Any, uniform: bool
                  log: Callable[[str], None] = print) -> list[ControlResult]:
     """The scratch control of COMPLETE, pruned ``trial`` and, with ``uniform``, the uniform-width one."""
     controllable(view, trial)
-    match = plan_uniform(trial, client) if uniform else None
+    arch = trial_architecture(trial, client) if uniform else None  # else run_control reads it, once
+    cfg = control_config(trial.user_attrs["config"])
+    match = plan_uniform(trial, arch, cfg.model) if arch is not None else None
     if match is not None:
         log(f"uniform control: width_mult {match.width_mult:.4g} gives {match.flops:,} FLOPs, "
             f"{match.relative_error:+.2%} from the trial's {match.target_flops:,} ({match.evaluations} networks built)")
-    data = load_dataset(control_config(trial.user_attrs["config"]).data)
+    data = load_dataset(cfg.data)
     results = []
-    for kind in ("scratch", "uniform") if uniform else ("scratch",):
+    for kind in (k for k in CONTROL_KINDS if uniform or k == "scratch"):
         log(f"training the {kind} control of trial {trial.number} ({trial.user_attrs['epochs']} epochs) ...")
-        results.append(run_control(view, trial, kind, client, data, match if kind == "uniform" else None))
+        results.append(run_control(view, trial, kind, client, data, match if kind == "uniform" else None,
+                                   cfg=cfg, arch=arch))
         r = results[-1]
         log(f"  {kind}: {r.status}, val_top1 {r.metrics['val_top1']:.4f}, MLflow run {r.run_id}, output {r.out_dir}")
     return results
@@ -186,15 +189,24 @@ def controls_dir(view: StudyView, number: int, kind: str) -> Path:
 
 
 def run_control(view: StudyView, trial: FrozenTrial, kind: str, client: Any, data: ImageData,
-                width_match: WidthMatch | None = None) -> ControlResult:
-    """Train one control of ``trial`` and record it as an MLflow run (see the module docstring)."""
-    if kind not in KINDS:
-        raise ValueError(f"control kind {kind!r}; known: {', '.join(KINDS)}")
+                width_match: WidthMatch | None = None, cfg: Config | None = None,
+                arch: Mapping[str, Any] | None = None) -> ControlResult:
+    """Train one control of ``trial`` and record it as an MLflow run (see the module docstring).
+
+    ``cfg``: ``control_config`` of the trial's config, ``arch``: its ``trial_architecture``, when the caller
+    has them already (read here otherwise)."""
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"control kind {kind!r}; known: {', '.join(CONTROL_KINDS)}")
     if (kind == "uniform") != (width_match is not None):
         raise ValueError("the uniform control, and only it, needs a width_match")
-    cfg = control_config(trial.user_attrs["config"], width_match.width_mult if width_match else None)
+    if width_match is not None:
+        cfg = control_config(trial.user_attrs["config"], width_match.width_mult)
+    elif cfg is None:
+        cfg = control_config(trial.user_attrs["config"])
     out = controls_dir(view, trial.number, kind)
-    widths = trial_architecture(trial, client)["group_widths"] if kind == "scratch" else None
+    widths = None
+    if kind == "scratch":
+        widths = (arch if arch is not None else trial_architecture(trial, client))["group_widths"]
     run_id = _start_run(view, trial, kind, client, cfg, out, width_match)
     tracker = TrialRun(client, run_id, f"trial-{trial.number:04d}-{kind}")
     try:

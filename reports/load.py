@@ -29,9 +29,14 @@ DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
 _PICK_ALIAS = re.compile(r"^trial-(\d+)$")
 
 
-def study_names(where: Stores | str | Path) -> list[str]:
-    """The names of the studies in the Optuna storage (``Stores.of(where)``), sorted; ``ConfigError``
-    when an embedded storage does not exist (Optuna would create an empty one) or cannot be opened."""
+def pick_alias(number: int) -> str:
+    """The registry alias of the newest pick of trial ``number``: ``trial-<n>`` (matched by ``_PICK_ALIAS``)."""
+    return f"trial-{number}"
+
+
+def open_storage(where: Stores | str | Path) -> Any:
+    """The Optuna storage of ``Stores.of(where)`` (``study.trials.optuna_storage``); ``ConfigError`` when an
+    embedded storage does not exist (Optuna would create an empty one) or cannot be opened."""
     import optuna
 
     from study.trials import optuna_storage
@@ -42,16 +47,25 @@ def study_names(where: Stores | str | Path) -> list[str]:
         raise ConfigError(f"no Optuna storage at {path}; run a study first (make study), or pass its folder with "
                           "--runs-dir (make ... RUNS_DIR=dir) or its URL with --storage (make ... STORAGE=url)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return sorted(optuna.get_all_study_names(optuna_storage(stores)))
+    return optuna_storage(stores)
 
 
-def resolve_study(where: Stores | str | Path, name: str | None) -> str:
-    """``name`` when the storage holds it; without a name, the storage's only study.
+def study_names(where: Stores | str | Path, storage: Any = None) -> list[str]:
+    """The names of the studies in the Optuna storage, sorted: ``storage`` when given (opened by
+    ``open_storage``), else ``open_storage(where)``."""
+    import optuna
+
+    return sorted(optuna.get_all_study_names(storage if storage is not None else open_storage(where)))
+
+
+def resolve_study(where: Stores | str | Path, name: str | None, storage: Any = None) -> str:
+    """``name`` when the storage holds it; without a name, the storage's only study. ``storage``: the
+    opened Optuna storage of ``where`` (``open_storage``), opened here when not given.
 
     ConfigError names the known studies when ``name`` is unknown, or when there are several and no name.
     """
     stores = Stores.of(where)
-    names = study_names(stores)
+    names = study_names(stores, storage)
     at = location(stores.optuna_url)
     if not names:
         raise ConfigError(f"no studies in {at}; run one first (make study)")
@@ -105,11 +119,11 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
     import optuna
 
     from study.tracking import mlflow_client
-    from study.trials import optuna_storage
 
     stores = Stores.of(where)
-    name = resolve_study(stores, name)
-    study = optuna.load_study(study_name=name, storage=optuna_storage(stores))
+    storage = open_storage(stores)
+    name = resolve_study(stores, name, storage)
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     if not trials:
         raise ConfigError(f"study {name!r} in {location(stores.optuna_url)} has no trials yet; run it (make study)")

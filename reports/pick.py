@@ -38,7 +38,7 @@ from adprune_core.config import config_from_dict
 from adprune_core.errors import ADPruneError
 from adprune_core.export import ARCH_FILE, WEIGHTS_FILE, load_model, read_architecture
 from reports.knee import FrontPoint, Knee, find_knee
-from reports.load import MODEL_PREFIX, registered_model_name
+from reports.load import MODEL_PREFIX, pick_alias, registered_model_name
 from reports.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
 from study.stores import Stores, redact, sqlite_path
@@ -61,10 +61,6 @@ class PickResult:
     metrics: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     reason: str | None = None  # why --knee chose this trial
-
-
-def alias_name(number: int) -> str:
-    return f"trial-{number}"
 
 
 def default_out_dir(runs_dir: str | Path, study: str, number: int) -> Path:
@@ -179,7 +175,7 @@ def register(client: Any, name: str, trial: FrozenTrial, study: str, out_dir: Pa
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=(
         f"trial {trial.number} of study {study!r}: val_top1 {metrics['val_top1']:.4f}, "
         f"compression_flops {metrics['compression_flops']:.2f}x"))
-    client.set_registered_model_alias(name, alias_name(trial.number), version.version)
+    client.set_registered_model_alias(name, pick_alias(trial.number), version.version)
     if run_id:
         client.set_tag(run_id, "adprune.pick", f"{name}/{version.version}")
     return version, source
@@ -214,12 +210,11 @@ def download_registered(where: Stores | str | Path, name: str, alias: str, dst: 
                                                         tracking_uri=uri, registry_uri=uri))
 
 
-def same_outputs(a: Path, b: Path) -> bool:
-    """Whether the networks saved in folders ``a`` and ``b`` give equal outputs on a fixed input."""
-    x = fixed_input(tuple(read_architecture(a)["image_shape"]))
-    model_a, model_b = load_model(a), load_model(b)  # not under no_grad: rebuilding traces with autograd
+def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s outputs on ``x``, without autograd. Load the model outside ``no_grad``: rebuilding it
+    (``load_model``) traces with autograd."""
     with torch.no_grad():
-        return torch.equal(model_a(x), model_b(x))
+        return model(x)
 
 
 # --- the pick ------------------------------------------------------------------------------------
@@ -243,12 +238,16 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
         metrics = pick_metrics(trial.user_attrs["final"], baseline.user_attrs["final"] if baseline else None,
                                baseline.number if baseline else None)
         arch = read_architecture(out)
-        name, alias = registered_model_name(view.name), alias_name(trial.number)
+        name, alias = registered_model_name(view.name), pick_alias(trial.number)
         version, source = register(client, name, trial, view.name, out, metrics)
-        checks = {"export_identical": same_outputs(source_dir, out),
-                  "mlflow_identical": same_outputs(source_dir, download_registered(view.stores, name, alias,
-                                                                                   Path(tmp) / "registry"))}
-    onnx = export_onnx(load_model(out), out / ONNX_FILE, tuple(arch["image_shape"]))
+        # the checks: the trial's network, the exported one and the registry's give equal outputs
+        x = fixed_input(tuple(arch["image_shape"]))
+        want = outputs(load_model(source_dir), x)
+        exported = load_model(out)
+        checks = {"export_identical": torch.equal(want, outputs(exported, x))}
+        registry = load_model(download_registered(view.stores, name, alias, Path(tmp) / "registry"))
+        checks["mlflow_identical"] = torch.equal(want, outputs(registry, x))
+    onnx = export_onnx(exported, out / ONNX_FILE, tuple(arch["image_shape"]))
     if onnx.get("error"):
         notes.append(f"no ONNX export ({onnx['error']}); the pick has the safetensors network only")
     elif onnx.get("matches_torch") is False:

@@ -15,7 +15,6 @@ from reports import health
 from reports.health import EdgeHit, HypervolumeScale, Importances
 from reports.load import StudyData, control_inputs, trial_history, trial_inputs
 from reports.pareto import ControlInput, LayerProfile, View, baseline_of, layer_profile, savings, trial_rows, views
-from study.pareto import feasible
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -48,11 +47,6 @@ class Report:
     notes: list[str] = field(default_factory=list)
     generated: str = ""
 
-    @property
-    def pareto_rows(self) -> list[dict[str, Any]]:
-        front = set(self.pareto)
-        return [r for r in self.rows if r["number"] in front]
-
     def row(self, number: int) -> dict[str, Any] | None:
         return next((r for r in self.rows if r["number"] == number), None)
 
@@ -78,23 +72,24 @@ def build_report(data: StudyData) -> Report:
         else:
             data.notes.append(f"trial {number}: no per-epoch history (no summary.json, no MLflow metrics)")
 
-    complete = [t for t in data.trials if t.state.name == "COMPLETE" and t.values]
-    points = [list(t.values) if t.state.name == "COMPLETE" and t.values else [float("nan")] * len(data.names)
-              for t in data.trials]
+    # from the trials' inputs (state, values and feasibility as read once by trial_inputs), in trial order
+    complete = [t for t in inputs if t.state == "COMPLETE" and t.values]
+    points = [list(t.values) if t.state == "COMPLETE" and t.values else [float("nan")] * len(data.names)
+              for t in inputs]
     scale = health.hypervolume_scale(data.names, list(base.values) if base and base.values else None,
-                                     [list(t.values) for t in complete if feasible(t)])
-    eligible = [t.state.name == "COMPLETE" and feasible(t) for t in data.trials]
-    history = health.hypervolume_history([t.number for t in data.trials], points, eligible, data.directions, scale)
+                                     [list(t.values) for t in complete if t.feasible])
+    eligible = [t.state == "COMPLETE" and t.feasible for t in inputs]
+    history = health.hypervolume_history([t.number for t in inputs], points, eligible, data.directions, scale)
     edges = [hit for number in pareto if not by_number[number].user_attrs.get("baseline")
              for hit in health.edge_hits(number, by_number[number].params, by_number[number].distributions)]
-    counts = Counter(t.state.name for t in data.trials)
+    counts = Counter(t.state for t in inputs)
     return Report(
         study=data.name, names=data.names, directions=data.directions, rows=rows, pareto=pareto,
         baseline=base.number if base else None, views=views(rows, data.names, controls), controls=controls,
         control_savings={c.run_id: savings(c.metrics, base.metrics if base else None) for c in controls},
         profiles=profiles, profile_sources=sources,
         states={s: counts.get(s, 0) for s in STATES if counts.get(s, 0) or s in STATES[:3]},
-        infeasible=sum(not feasible(t) for t in complete), hv_scale=scale, hv_history=history,
+        infeasible=sum(not t.feasible for t in complete), hv_scale=scale, hv_history=history,
         importances=health.param_importances(data.trials, data.names, data.directions), edges=edges,
         experiment_id=data.experiment_id, parent_run_id=data.parent_run_id, mlflow_url=data.mlflow_url,
         picked=sorted(data.picked), notes=list(data.notes) + _baseline_notes(base),

@@ -17,10 +17,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adprune_core.errors import ADPruneError
-from reports.load import resolve_study
-from study.pareto import feasible, pareto_trials
+from reports.load import open_storage, resolve_study
+from study.pareto import completed_baseline, feasible, pareto_trials
 from study.stores import Stores
-from study.trials import optuna_storage
 
 
 @dataclass
@@ -43,8 +42,7 @@ class StudyView:
     @property
     def baseline(self) -> FrozenTrial | None:
         """The last COMPLETE dense baseline (the one trials' accuracy drops were measured against)."""
-        done = [t for t in self.trials if t.state == TrialState.COMPLETE and t.user_attrs.get("baseline")]
-        return done[-1] if done else None
+        return completed_baseline(self.trials)
 
     @property
     def size_objective(self) -> str:
@@ -59,8 +57,9 @@ class StudyView:
 def open_study(where: Stores | str | Path, name: str | None) -> StudyView:
     """Study ``name`` from its stores (``Stores.of(where)``); without a name, the storage's only study."""
     stores = Stores.of(where)
-    name = resolve_study(stores, name)
-    study = optuna.load_study(study_name=name, storage=optuna_storage(stores))
+    storage = open_storage(stores)
+    name = resolve_study(stores, name, storage)
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     stored = study.user_attrs.get("objectives")  # ["val_top1 (maximize)", ...], written by study.runner
     if stored:

@@ -1,12 +1,29 @@
 """Small builders shared by the tests."""
 
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import optuna
 import torch
 from torch import nn
 
-from adprune_core.config import ModelConfig
+from adprune_core.config import ModelConfig, load_config
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
-from study.stores import Stores
+from study.stores import Stores, sqlite_path
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository (the working folder of the processes tests start)
+
+# A tiny trainer run (synthetic data, a narrow model, on the CPU); tests add train.epochs, prune.*, ...
+TRAIN_TINY = ["data.train_size=256", "data.val_size=128", "model.width_mult=0.125", "train.batch_size=64",
+              "train.progress=false", "train.device=cpu"]
+
+
+def tiny_config(*overrides: str):
+    """The trainer's config for ``TRAIN_TINY`` plus ``overrides`` (``KEY=VALUE``)."""
+    return load_config(None, [*TRAIN_TINY, *overrides])
 
 
 def optuna_uri(runs) -> str:
@@ -51,3 +68,43 @@ TINY = {
     "constraints": {"max_accuracy_drop": 1.0},
 }
 
+
+
+def trials_or_none(stores_or_url, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    """The trials of study ``name`` in an Optuna storage (``Stores`` or URL) that another process is still
+    creating; [] until the study exists. Polls only read: on SQLite, Optuna is not asked to open the file
+    before a read-only look finds the study in it, because opening a storage creates its file, tables and
+    version rows, and doing so here would race the process that is creating them."""
+    url = stores_or_url if isinstance(stores_or_url, str) else stores_or_url.optuna_url
+    path = sqlite_path(url)
+    if path is not None and not _sqlite_has_study(path, name):
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=url).get_trials()
+    except Exception:  # the study process is still creating it
+        return []
+
+
+def _sqlite_has_study(path: Path, name: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.Error:  # no studies table yet, or locked: not yet
+        return False
+
+
+def wait_until(proc, log: Path, condition, timeout: float = 300.0, interval: float = 0.1, what: str = "the condition"):
+    """Poll ``condition()`` every ``interval`` s until it returns something true, and return that. Fails,
+    showing ``log`` (the output of ``proc``), when ``proc`` ends first or after ``timeout`` s (then kills it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert proc.poll() is None, f"waiting for {what}, the process ended:\n{log.read_text()}"
+        if time.monotonic() >= deadline:
+            proc.kill()
+            raise AssertionError(f"waiting for {what}, gave up after {timeout} s:\n{log.read_text()}")
+        time.sleep(interval)

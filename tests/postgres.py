@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 USER = "adprune"
@@ -46,21 +46,19 @@ class PostgresServer:
     port: int
     password: str
     run_as: list[str]  # command prefix: [] or ["runuser", "-u", "postgres", "--"]
-    databases: list[str] = field(default_factory=list)
 
-    def url(self, database: str, password: bool = True) -> str:
-        secret = f":{self.password}" if password else ""
-        return f"postgresql://{USER}{secret}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str) -> str:
+        return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, prefix: str = "db") -> str:
-        """A new, empty database; returns its name."""
+        """A new, empty database; returns its name (a random suffix keeps names unique: an existing name
+        fails loudly)."""
         import psycopg
 
-        name = f"{prefix}_{len(self.databases)}_{secrets.token_hex(3)}"
+        name = f"{prefix}_{secrets.token_hex(4)}"
         with psycopg.connect(host="127.0.0.1", port=self.port, user=USER, password=self.password, dbname="postgres",
                              connect_timeout=10, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        self.databases.append(name)
         return name
 
     def stop(self) -> None:

@@ -14,11 +14,9 @@ from adprune_core.graph import analyse, prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import prune_groups, shrink_to_widths
 from adprune_core.trainer import build_optimizer, train
-from tests.helpers import small_model
+from tests.helpers import small_model, tiny_config
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-TINY = ["data.train_size=256", "data.val_size=128", "model.width_mult=0.125", "train.batch_size=64",
-        "train.progress=false", "train.device=cpu"]
 
 
 def _pruned_model_with_momentum():
@@ -83,8 +81,8 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_config_mismatch_names_the_keys():
-    a = config_to_dict(load_config(None, TINY))
-    b = config_to_dict(load_config(None, [*TINY, "train.epochs=9", "train.progress=true"]))
+    a = config_to_dict(tiny_config())
+    b = config_to_dict(tiny_config("train.epochs=9", "train.progress=true"))
     assert checkpoint.config_mismatch(a, b) == [f"train.epochs: {a['train']['epochs']!r} -> 9"]
 
 
@@ -112,7 +110,7 @@ class Watcher:
     ("prune.schedule=fixed", "prune.epochs=[2]", "prune.transfer=reinit", "prune.select=random"),  # global RNG
 ])
 def test_interrupted_run_resumes_bitwise_identical_without_recomputing(tmp_path, overrides):
-    cfg = load_config(None, [*TINY, "train.epochs=4", *overrides])
+    cfg = tiny_config("train.epochs=4", *overrides)
     whole = train(cfg, tmp_path / "whole", checkpoint_dir=tmp_path / "whole" / "checkpoint")
     assert not (tmp_path / "whole" / "checkpoint").exists()  # a finished run deletes its checkpoint
 
@@ -138,7 +136,7 @@ def test_interrupted_run_resumes_bitwise_identical_without_recomputing(tmp_path,
 
 
 def test_resume_after_the_last_epoch_and_resume_rules(tmp_path):
-    cfg = load_config(None, [*TINY, "train.epochs=2", "prune.schedule=none"])
+    cfg = tiny_config("train.epochs=2", "prune.schedule=none")
     ckpt = tmp_path / "checkpoint"
     with pytest.raises(Interrupt):  # killed after the last epoch's checkpoint, before the run was wrapped up
         train(cfg, tmp_path, callbacks=[Watcher(stop_at=2)], checkpoint_dir=ckpt)
@@ -149,7 +147,7 @@ def test_resume_after_the_last_epoch_and_resume_rules(tmp_path):
 
     with pytest.raises(Interrupt):
         train(cfg, tmp_path, callbacks=[Watcher(stop_at=1)], checkpoint_dir=ckpt)
-    other = load_config(None, [*TINY, "train.epochs=3", "prune.schedule=none"])
+    other = tiny_config("train.epochs=3", "prune.schedule=none")
     with pytest.raises(ConfigError, match=r"another config \(train.epochs: 2 -> 3\)"):
         train(other, tmp_path, checkpoint_dir=ckpt, resume=True)
     # without resume the old checkpoint goes first; with resume but no checkpoint, training starts afresh

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from adprune_core.config import DATA_ROOT_ENV
+
 ADPRUNE = [sys.executable, "-m", "adprune_core.cli"]
 
 
@@ -20,13 +22,14 @@ def run(*args, cwd=None):
         (["train", "--set", "train.epochs=-1"], "train.epochs: -1 is below the minimum 1"),
         (["train", "--set", "nonsense"], "expected KEY=VALUE"),
         (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
-        (["train", "--set", "data.name=cifar10", "--set", "data.download=false"], "data"),
+        (["train", "--set", "data.name=cifar10", "--set", "data.download=false"], "put cifar-10-batches-py/"),
         (["train", "--set", "data.name=imagefolder", "--set", "data.root=/nonexistent/folder"],
          "/nonexistent/folder"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, args, needle):
     # cwd is an empty folder, so the default data root ./data holds nothing
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     proc = run(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert needle in proc.stderr

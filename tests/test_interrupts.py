@@ -8,9 +8,8 @@ import pytest
 
 from adprune_core import interrupts
 from adprune_core.checkpoint import read_state
-from adprune_core.config import load_config
 from adprune_core.trainer import train
-from tests.test_trainer import TINY
+from tests.helpers import tiny_config
 
 
 def ctrl_c() -> None:
@@ -65,7 +64,7 @@ def test_trainer_finishes_the_callback_and_stops_at_the_next_step(tmp_path):
             self.completed.append(record["epoch"])  # the "write" after the signal still happens
 
     cb = InterruptedWhileLogging()
-    cfg = load_config(None, [*TINY, "train.epochs=4", "prune.schedule=fixed", "prune.epochs=[1]"])
+    cfg = tiny_config("train.epochs=4", "prune.schedule=fixed", "prune.epochs=[1]")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run", callbacks=[cb], checkpoint_dir=tmp_path / "ckpt")
     assert cb.completed == [1, 2]

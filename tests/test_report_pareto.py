@@ -233,6 +233,7 @@ def test_number_formats_and_links():
 
 
 def test_registered_model_name_matches_the_picks():
-    pick = pytest.importorskip("reports.pick")
+    from reports import pick
+
     for name in ("tiny", "cifar10-vgg19", "a/b:c d", "..x.."):
         assert registered_model_name(name) == pick.registered_model_name(name)

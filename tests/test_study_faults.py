@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
@@ -21,12 +20,11 @@ from adprune_core import interrupts
 from adprune_core.checkpoint import load_checkpoint, read_state
 from adprune_core.cli import main
 from study.trials import HEARTBEAT_ENV, heartbeat_settings
-from tests.helpers import TINY, optuna_uri
+from tests.helpers import ROOT, TINY, optuna_uri, trials_or_none, wait_until
 from tests.test_study_run import load, mlflow_runs
 
 EPOCHS = 4
 HEARTBEAT = {HEARTBEAT_ENV[0]: "1", HEARTBEAT_ENV[1]: "2"}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_setup(tmp_path, monkeypatch, storage=None):
@@ -61,17 +59,9 @@ def start_worker(args, trials, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def wait_for_checkpoint(proc, ckpt: Path, log: Path, timeout=300.0) -> dict:
+def wait_for_checkpoint(proc, ckpt: Path, log: Path) -> dict:
     """Poll until the trial has checkpointed an epoch (>= 1); returns the checkpoint's state."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = read_state(ckpt)
-        if state is not None:
-            return state
-        assert proc.poll() is None, f"the worker ended before its first checkpoint:\n{log.read_text()}"
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"no checkpoint after {timeout} s:\n{log.read_text()}")
+    return wait_until(proc, log, lambda: read_state(ckpt), interval=0.02, what="the trial's first checkpoint")
 
 
 def summary_epochs(trial_dir: Path) -> list[dict]:
@@ -83,10 +73,6 @@ def summary_epochs(trial_dir: Path) -> list[dict]:
 
 def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tmp_path, capsys):
     runs, args, storage = any_storage_setup
-
-    def load(runs):
-        return optuna.load_study(study_name="tiny", storage=storage or optuna_uri(runs)).get_trials()
-
     trial_dir = runs / "studies" / "tiny" / "trial-0000"
     log = tmp_path / "worker.log"
     proc = start_worker(args, 2, log)
@@ -96,7 +82,7 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tm
     saved = read_state(trial_dir / "checkpoint")
     k = saved["epoch"]
     assert 1 <= k < EPOCHS, f"the trial was not killed mid-run (checkpoint of epoch {k})"
-    dead = load(runs)
+    dead = load(runs, storage=storage)
     assert [t.state.name for t in dead] == ["RUNNING"]  # SIGKILL: nothing marked it
     written = summary_epochs(trial_dir)
 
@@ -108,7 +94,7 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tm
     assert "whose worker died as FAIL (worker died (no heartbeat)): 0; each is retried" in out
     assert "resuming study 'tiny': 0 trial(s) done; adding 2 to reach 2" in out
 
-    trials = load(runs)
+    trials = load(runs, storage=storage)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     killed, retry, new = trials
     assert retry.user_attrs["baseline"] is True and retry.params == {}  # the baseline's retry is the baseline
@@ -147,7 +133,8 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tm
     # the study is complete: the same command has nothing left to do, and says so
     assert main([*args, "--trials", "2"]) == 0
     out = capsys.readouterr().out
-    assert "nothing to run" in out and "1 of them retried after their worker died" in out and len(load(runs)) == 3
+    assert "nothing to run" in out and "1 of them retried after their worker died" in out
+    assert len(load(runs, storage=storage)) == 3
 
 
 def test_ctrl_c_marks_the_trial_and_leaves_nothing_half_written(study_setup, tmp_path):
@@ -191,36 +178,28 @@ def test_a_worker_killed_among_several_is_made_good_by_the_same_command(tmp_path
     """``adprune study --workers 2``: SIGKILL one worker mid-trial. The command notices (its exit), fails
     and retries the dead trial from its checkpoint, runs what the dead worker left undone, and ends with
     exactly the trials asked for."""
-    from study.stores import Stores
-    from study.trials import optuna_storage
-
     runs, args = make_setup(tmp_path, monkeypatch)
     log = tmp_path / "study.log"
     proc = start_worker([*args, "--workers", "2"], 5, log)
-    storage = optuna_storage(Stores.resolve(runs, env={}))
-    victim, deadline = None, time.monotonic() + 300
-    while victim is None:
-        assert proc.poll() is None, f"the study ended before a worker could be killed:\n{log.read_text()}"
-        assert time.monotonic() < deadline, log.read_text()
-        try:
-            running = optuna.load_study(study_name="tiny", storage=storage).get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        except KeyError:  # the study does not exist yet
-            running = []
-        for t in running:
+
+    def kill_a_worker_mid_trial():
+        for t in trials_or_none(optuna_uri(runs)):
             state = read_state(runs / "studies" / "tiny" / f"trial-{t.number:04d}" / "checkpoint")
-            if t.number >= 1 and state is not None and "worker" in t.user_attrs:  # a worker's trial, mid-run
-                victim = t.number, int(t.user_attrs["worker"].rpartition(":")[2]), state["epoch"]
-                os.kill(victim[1], signal.SIGKILL)
-                break
-        time.sleep(0.02)
+            if (t.state.name == "RUNNING" and t.number >= 1 and state is not None
+                    and "worker" in t.user_attrs):  # a worker's trial, mid-run
+                pid = int(t.user_attrs["worker"].rpartition(":")[2])
+                os.kill(pid, signal.SIGKILL)
+                return t.number, pid, state["epoch"]
+        return None
+
+    number, pid, epoch = wait_until(proc, log, kill_a_worker_mid_trial, interval=0.02,
+                                    what="a worker's trial to kill mid-run")
     assert proc.wait(300) == 0, log.read_text()
     text = log.read_text()
-    number, pid, epoch = victim
     assert "ended early" in text and "killed by SIGKILL" in text
     assert "database is locked" not in text
 
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
+    trials = load(runs)
     killed = trials[number]
     assert killed.state.name == "FAIL" and killed.user_attrs["worker"].endswith(f":{pid}")
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == number]

@@ -29,18 +29,23 @@ def study_cli(config: Path, runs: Path, trials: int, name="tiny", *extra: str) -
                  "--name", name, "--no-progress", *extra])
 
 
-def load(runs: Path, name="tiny") -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=optuna_uri(runs)).get_trials()
+def load(runs: Path, name="tiny", storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials of study ``name`` in ``storage`` (a URL; default: the embedded storage of ``runs``)."""
+    return optuna.load_study(study_name=name, storage=storage or optuna_uri(runs)).get_trials()
+
+
+def split_runs(found):
+    """A study's MLflow runs as (parents, children): the study's own run(s), and its trials' runs by trial number."""
+    parents = [r for r in found if r.data.tags.get("adprune.role") == "study"]
+    children = sorted((r for r in found if "mlflow.parentRunId" in r.data.tags),
+                      key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    return parents, children
 
 
 def mlflow_runs(runs: Path, name="tiny"):
     client = MlflowClient(tracking_uri=tracking_uri(runs))
     exp = client.get_experiment_by_name(name)
-    found = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in found if r.data.tags.get("adprune.role") == "study"]
-    children = sorted((r for r in found if "mlflow.parentRunId" in r.data.tags),
-                      key=lambda r: int(r.data.tags["optuna.trial_number"]))
-    return client, parents, children
+    return client, *split_runs(client.search_runs([exp.experiment_id], max_results=100))
 
 
 def artifact_paths(client, run_id, path=None):

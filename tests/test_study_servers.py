@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -19,10 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from adprune_core.cli import main
 from study.stores import TRACKING_ENV
+from tests.helpers import ROOT, wait_until
 from tests.postgres import free_port
-from tests.test_study_run import artifact_paths, write_study
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_study_run import artifact_paths, split_runs, write_study
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +33,14 @@ def mlflow_server(postgres, tmp_path_factory):
                              "--backend-store", backend, "--port", str(port), "--workers", "1"],
                             cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+
+    def healthy():
         try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
         except requests.RequestException:
-            pass
-        assert proc.poll() is None, f"the MLflow server exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"the MLflow server did not start in 120 s:\n{log.read_text()}"
-        time.sleep(0.5)
+            return False
+
+    wait_until(proc, log, healthy, timeout=120, interval=0.5, what="the MLflow server to start")
     yield url, log, tmp_path
     os.killpg(proc.pid, 2)  # Ctrl-C to the server and its workers
     try:
@@ -83,9 +78,8 @@ def test_study_on_postgresql_with_an_mlflow_server_and_a_joining_worker(postgres
     exp = client.get_experiment_by_name("tiny")
     assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server keeps the artifacts
     found = client.search_runs([exp.experiment_id], max_results=100)
-    (parent,) = [r for r in found if r.data.tags.get("adprune.role") == "study"]
-    children = sorted((r for r in found if "mlflow.parentRunId" in r.data.tags),
-                      key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    parents, children = split_runs(found)
+    (parent,) = parents
     assert [int(r.data.tags["optuna.trial_number"]) for r in children] == [0, 1, 2, 3, 4]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {"summary.json", "density_width.png", "model/model.safetensors"} <= set(

@@ -11,22 +11,14 @@ from adprune_core.data import DeviceLoader, load_dataset
 from adprune_core.export import load_model
 from adprune_core.policy import should_prune
 from adprune_core.trainer import learning_rate, train
-
-TINY = ["data.train_size=256", "data.val_size=128", "model.width_mult=0.125", "train.batch_size=64",
-        "train.progress=false", "train.device=cpu"]
-
-
-def _cfg(*overrides):
-    return load_config(None, [*TINY, *overrides])
+from tests.helpers import ROOT, tiny_config
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """configs/smoke.yaml exactly as a user runs it."""
-    from pathlib import Path
-
     out = tmp_path_factory.mktemp("smoke")
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/smoke.yaml", ["train.progress=false"])
+    cfg = load_config(ROOT / "configs/smoke.yaml", ["train.progress=false"])
     return cfg, train(cfg, out), out
 
 
@@ -77,14 +69,14 @@ def test_exported_network_rebuilds_with_identical_outputs(smoke):
 
 
 def test_dense_baseline_never_prunes():
-    result = train(_cfg("train.epochs=2", "prune.schedule=none"))
+    result = train(tiny_config("train.epochs=2", "prune.schedule=none"))
     assert result.summary["prune_events"] == []
     assert result.summary["final"]["compression_params"] == 1.0
 
 
 def test_saturation_prunes_exactly_when_the_policy_says():
-    cfg = _cfg("train.epochs=6", "prune.schedule=saturation", "prune.warmup=1", "prune.patience=1",
-               "prune.density_tol=0.5", "prune.max_rounds=2")
+    cfg = tiny_config("train.epochs=6", "prune.schedule=saturation", "prune.warmup=1", "prune.patience=1",
+                      "prune.density_tol=0.5", "prune.max_rounds=2")
     summary = train(cfg).summary
     events = [e["epoch"] for e in summary["prune_events"]]
     assert events, "a loose tolerance must trigger a prune"
@@ -103,7 +95,7 @@ def test_saturation_prunes_exactly_when_the_policy_says():
     ("model.name=torchvision:mobilenet_v2", "model.width_mult=1", "prune.group_density=max"),
 ])
 def test_variants_prune_and_train(overrides):
-    result = train(_cfg("train.epochs=2", "prune.schedule=fixed", "prune.epochs=[1]", *overrides))
+    result = train(tiny_config("train.epochs=2", "prune.schedule=fixed", "prune.epochs=[1]", *overrides))
     final = result.summary["final"]
     assert final["status"] == "completed" and final["prune_rounds"] == 1
     assert final["params"] < final["params_dense"]
@@ -115,12 +107,13 @@ def test_variants_prune_and_train(overrides):
 
 def test_min_gain_stops_pruning():
     # width_scale 1.0 with density ~0.5 removes far more than 1%, but a 99% min_gain refuses every cut
-    summary = train(_cfg("train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1,2]", "prune.min_gain=0.99")).summary
+    cfg = tiny_config("train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1,2]", "prune.min_gain=0.99")
+    summary = train(cfg).summary
     assert summary["prune_events"] == [] and summary["final"]["prune_rounds"] == 0
 
 
 def test_nan_loss_ends_the_run_as_diverged(tmp_path):
-    result = train(_cfg("train.epochs=3", "train.lr=1e12", "prune.schedule=none"), tmp_path)
+    result = train(tiny_config("train.epochs=3", "train.lr=1e12", "prune.schedule=none"), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert result.summary["final"]["status"] == "diverged" == summary["final"]["status"]
     assert len(summary["epochs"]) < 3 or not math.isfinite(summary["epochs"][-1]["train_loss"])
@@ -131,7 +124,7 @@ def test_callback_can_stop_a_run():
         def on_epoch_end(self, record):
             return "enough" if record["epoch"] == 2 else None
 
-    summary = train(_cfg("train.epochs=4", "prune.schedule=none"), callbacks=[StopAfterTwo()]).summary
+    summary = train(tiny_config("train.epochs=4", "prune.schedule=none"), callbacks=[StopAfterTwo()]).summary
     assert summary["final"]["status"] == "stopped" and summary["final"]["stop_reason"] == "enough"
     assert len(summary["epochs"]) == 2
 
@@ -149,7 +142,7 @@ def test_learning_rate_schedules():
 def test_init_widths_trains_the_given_architecture_from_scratch(smoke):
     _, result, out = smoke
     widths = json.loads((out / "model" / "model.json").read_text())["group_widths"]
-    cfg = _cfg("train.epochs=1", "prune.schedule=none", "model.name=vgg11", "model.width_mult=0.25")
+    cfg = tiny_config("train.epochs=1", "prune.schedule=none", "model.name=vgg11", "model.width_mult=0.25")
     control = train(cfg, init_widths=widths).summary
     assert control["final"]["params"] == result.summary["final"]["params"]
     assert control["final"]["params_dense"] == result.summary["final"]["params_dense"]
@@ -157,8 +150,8 @@ def test_init_widths_trains_the_given_architecture_from_scratch(smoke):
 
 
 def test_channels_last_trains_like_contiguous():
-    runs = [train(_cfg("model.name=vgg11", "train.epochs=2", "prune.schedule=fixed", "prune.epochs=[1]",
-                       f"train.channels_last={mode}")).summary for mode in ("off", "on")]
+    runs = [train(tiny_config("model.name=vgg11", "train.epochs=2", "prune.schedule=fixed", "prune.epochs=[1]",
+                              f"train.channels_last={mode}")).summary for mode in ("off", "on")]
     (a, b) = runs
     # the same maths in another memory layout: float rounding may move a width by a channel, no more
     widths_a, widths_b = a["prune_events"][0]["widths_after"], b["prune_events"][0]["widths_after"]
@@ -170,8 +163,8 @@ def test_channels_last_trains_like_contiguous():
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_recompiles_after_each_prune():
     overrides = ("model.name=vgg11", "train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1,2]")
-    eager = train(_cfg(*overrides)).summary
-    compiled = train(_cfg(*overrides, "train.compile=true")).summary
+    eager = train(tiny_config(*overrides)).summary
+    compiled = train(tiny_config(*overrides, "train.compile=true")).summary
     assert compiled["final"]["status"] == "completed" and compiled["final"]["prune_rounds"] == 2
     for e, c in zip(eager["epochs"], compiled["epochs"]):  # each architecture ran compiled, and trained alike
         assert c["train_loss"] == pytest.approx(e["train_loss"], rel=0.05)

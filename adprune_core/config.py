@@ -185,8 +185,8 @@ def _build_section(cls: type, section: str, raw: Any) -> Any:
     for name, value in raw.items():
         key = f"{section}.{name}"
         choices = fields[name].metadata.get("choices") or ()
-        if isinstance(value, bool) and {"on", "off"} <= set(choices):
-            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads on/off (yes/no, true/false) as booleans
         coerced = _coerce(key, value, hints[name])
         _check_range(key, coerced, fields[name].metadata)
         values[name] = coerced

@@ -76,3 +76,12 @@ def test_exponent_floats_without_a_dot():
     assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
     path_cfg = load_config(None, ["train.weight_decay=5e-4"])
     assert path_cfg.train.weight_decay == 5e-4
+
+
+def test_yaml_on_off_read_as_booleans_map_back_to_the_choice_they_name():
+    """YAML 1.1 reads on/off as true/false: a choice field takes them back whenever it has that choice,
+    also when it has only one of the two (train.amp has off but not on)."""
+    cfg = load_config(None, ["train.amp=off", "train.channels_last=on", "train.compile=off"])
+    assert (cfg.train.amp, cfg.train.channels_last) == ("off", "on")
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(None, ["train.amp=on"])  # not one of amp's choices, as a string or as YAML's True

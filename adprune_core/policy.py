@@ -62,6 +62,30 @@ def should_prune(cfg: PruneConfig, epoch: int, total_epochs: int,
     raise ValueError(f"unknown prune.schedule {cfg.schedule!r}")
 
 
+def first_prune_epoch(cfg: PruneConfig, total_epochs: int,
+                      density_history: Sequence[Mapping[str, float]]) -> int | None:
+    """The first epoch (1-based) after which a run that has not pruned yet decides to prune, replaying
+    ``should_prune`` over ``density_history`` (``[i]`` = densities of epoch ``i + 1``); None when it does
+    not prune within the ``len(density_history)`` epochs given. ``saturation`` needs the history; the
+    other schedules depend on the epoch alone. (The trainer may still not cut there: ``worth_pruning``.)"""
+    for epoch in range(1, len(density_history) + 1):
+        if should_prune(cfg, epoch, total_epochs, density_history[:epoch], 0, 0):
+            return epoch
+    return None
+
+
+def first_prune_range(cfg: PruneConfig, total_epochs: int) -> tuple[int, int] | None:
+    """(earliest, latest) epoch of a run's first prune decision, whatever its densities; None if it never
+    prunes. ``fixed`` and ``interval`` know theirs from the config; ``saturation`` needs ``patience + 1``
+    measured epochs and ``warmup`` epochs, and may come as late as the second-to-last epoch."""
+    if cfg.schedule == "saturation":
+        earliest = max(1, cfg.warmup, cfg.patience + 1)
+        return (earliest, total_epochs - 1) if cfg.max_rounds > 0 and earliest < total_epochs else None
+    no_history: list[Mapping[str, float]] = [{}] * max(total_epochs - 1, 0)
+    first = first_prune_epoch(cfg, total_epochs, no_history)
+    return None if first is None else (first, first)
+
+
 def densities_settled(history: Sequence[Mapping[str, float]], tol: float, patience: int) -> bool:
     """True when the last ``patience`` steps of ``history`` each moved every layer by < ``tol``."""
     if len(history) < patience + 1:

@@ -24,6 +24,13 @@ callbacks' ``on_resume`` sees them once, and ``on_epoch_end`` sees only the new 
 the resumed run ends bitwise identical to an uninterrupted one (the data order is seeded per epoch,
 and the global RNG state is restored). The checkpoint is deleted when the run ends (completed,
 stopped or diverged) and stays when it is interrupted or killed.
+
+Shared prefixes (``sharing``, ``adprune_core.snapshots``): while the run has not cut, it writes a
+snapshot at the epochs ``sharing.save_at`` lists, after the epoch is recorded and *before* its prune
+decision; ``sharing.fork_at`` starts the run from such a snapshot: epochs 1..e are not trained, the
+run makes epoch e's prune decision from the snapshot's counts and goes on (``summary["forked_from"]``).
+The callbacks' ``on_fork`` sees the summary with epochs 1..e-1 once; ``on_epoch_end`` sees epoch e
+onwards. A checkpoint to resume from comes first: a resumed run does not fork again.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adprune_core import checkpoint, costs, interrupts, policy
+from adprune_core import checkpoint, costs, interrupts, policy, snapshots
 from adprune_core.config import Config, TrainConfig, config_to_dict
 from adprune_core.data import DeviceLoader, ImageData, load_dataset
 from adprune_core.density import ChannelCounts, DensityMeter
@@ -68,13 +75,18 @@ class Callback(Protocol):
     """Hooks the study (or anyone) can pass to ``train``; every method is optional.
 
     ``on_resume(summary)`` is called once, before training continues from a checkpoint, with the
-    summary so far (``epochs`` and ``prune_events`` of the finished epochs; read it, do not modify it)."""
+    summary so far (``epochs`` and ``prune_events`` of the finished epochs; read it, do not modify it).
+    ``on_fork(summary)`` likewise, once, before a run forked from a snapshot continues: ``epochs`` holds
+    epochs 1..e-1 (trained by the run that wrote the snapshot), ``forked_from`` says which; epoch e
+    itself comes through ``on_epoch_end``."""
 
     def on_epoch_end(self, record: dict[str, Any]) -> str | None: ...
 
     def on_prune(self, event: dict[str, Any]) -> None: ...
 
     def on_resume(self, summary: dict[str, Any]) -> None: ...
+
+    def on_fork(self, summary: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -148,7 +160,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
           data: ImageData | None = None, init_widths: Mapping[str, int] | None = None,
-          checkpoint_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
+          checkpoint_dir: str | Path | None = None, resume: bool = False,
+          sharing: snapshots.Sharing | None = None) -> TrainResult:
     """Train ``cfg``'s network with density pruning; write ``summary.json`` and the network to
     ``out_dir`` when given. ``data`` may be passed to reuse an already loaded dataset.
 
@@ -159,7 +172,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     ``checkpoint_dir``: write a checkpoint there after every epoch (see the module docstring).
     ``resume``: continue from the checkpoint there if there is one (the summary then says
     ``resumed_from_epoch``); a checkpoint of another config is a ``ConfigError``. Without ``resume``
-    an old checkpoint in ``checkpoint_dir`` is deleted first."""
+    an old checkpoint in ``checkpoint_dir`` is deleted first.
+
+    ``sharing``: write and fork from epoch snapshots (see the module docstring and ``snapshots.Sharing``);
+    a fork that is not possible (no snapshot, another prefix) trains from scratch and says why in
+    ``summary["fork_skipped"]``."""
     device = resolve_device(cfg.train.device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -174,6 +191,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     elif ckpt_dir is not None:
         checkpoint.remove_checkpoint(ckpt_dir)  # a fresh run never leaves an older run's checkpoint to resume
     data = data or load_dataset(cfg.data)
+    if sharing is not None and init_widths:
+        raise ValueError("a run that starts from init_widths shares no prefix with anyone: pass no sharing")
+    fork, fork_skipped = None, None
+    if sharing is not None and sharing.fork_at is not None and saved is None:
+        fork, fork_skipped = snapshots.open_fork(sharing.store, cfg, data, sharing.fork_at)
     torch.manual_seed(cfg.train.seed)
     amp_dtype = autocast_dtype(cfg.train, device)
     if device.type == "cuda":
@@ -182,9 +204,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     model = prepare_model(build_model(cfg.model, data.num_classes, data.image_shape)).to(device)
     example = torch.zeros(1, *data.image_shape, device=device)
     dense = {"params": costs.count_params(model), "flops": costs.inference_flops(model, data.image_shape)}
-    if saved is not None:  # the checkpointed network: build -> cut to its widths -> its weights
-        shrink_to_widths(model, saved.group_widths, example)
-        model.load_state_dict(saved.model_state, strict=True)
+    start = saved or (fork.saved if fork is not None else None)
+    if start is not None:  # the checkpointed (or snapshot's) network: build -> cut to its widths -> its weights
+        shrink_to_widths(model, start.group_widths, example)
+        model.load_state_dict(start.model_state, strict=True)
     elif init_widths:
         shrink_to_widths(model, init_widths, example)
         reinitialize(model)
@@ -203,6 +226,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     summary: dict[str, Any] = {"config": config_to_dict(cfg), "dataset": _describe(data),
                                "device": str(device), "init_widths": dict(init_widths or {}),
                                "epochs": [], "prune_events": [], "final": {}}
+    if fork_skipped:
+        summary["fork_skipped"] = fork_skipped
     with interrupts.deferred():  # Ctrl-C stops after a step, never inside a checkpoint or a callback
         status, stop_reason = "completed", None
         if saved is not None:
@@ -210,6 +235,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
             for cb in callbacks:
                 if hasattr(cb, "on_resume"):
                     cb.on_resume(summary)
+        elif fork is not None:
+            _fork(state, fork, summary, loader)
+            for cb in callbacks:
+                if hasattr(cb, "on_fork"):
+                    cb.on_fork(summary)
         first = len(summary["epochs"]) + 1
         bar = tqdm(total=cfg.train.epochs * len(loader), initial=(first - 1) * len(loader), unit="step",
                    dynamic_ncols=True, disable=not cfg.train.progress, desc=f"{cfg.model.name} on {data.name}")
@@ -218,17 +248,14 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                 if status != "completed":
                     break
                 started = time.perf_counter()
-                train_loss, train_top1 = _train_epoch(state, loader, cfg.train, epoch, amp_dtype, bar)
-                val_top1 = evaluate(state.forward, val_loader, amp_dtype)
-                counts = state.meter.read()
-                densities = _layer_densities(state.graph, counts)
-                state.density_history.append(densities)
-                state.train_flops_cum += state.train_flops_per_image * loader.num_samples
-                record = {"epoch": epoch, "lr": learning_rate(cfg.train, epoch - 1),
-                          "train_loss": train_loss, "train_top1": train_top1, "val_top1": val_top1,
-                          "densities": densities, "widths": state.graph.widths(), "params": state.params,
-                          "flops": state.flops, "train_flops_cum": state.train_flops_cum,
-                          "seconds": time.perf_counter() - started}
+                if fork is not None and epoch == fork.epoch:  # trained by the snapshot's run; the decision is ours
+                    record, counts = fork.record, fork.counts
+                    started -= record["seconds"]
+                else:
+                    record, counts = _epoch(state, loader, val_loader, cfg.train, epoch, amp_dtype, bar, started)
+                    if sharing is not None:  # before the prune decision, so that a fork makes its own
+                        _snapshot(sharing, cfg, data, state, summary, record, counts)
+                train_loss, val_top1, densities = record["train_loss"], record["val_top1"], record["densities"]
                 if not math.isfinite(train_loss):
                     status = "diverged"
                 elif _due(cfg, state, epoch):
@@ -268,6 +295,48 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     return TrainResult(summary, state.model, out)
 
 
+def _epoch(state: _State, loader: DeviceLoader, val_loader: DeviceLoader, cfg: TrainConfig, epoch: int,
+           amp_dtype: torch.dtype | None, bar: tqdm, started: float) -> tuple[dict[str, Any], dict[str, ChannelCounts]]:
+    """Train and evaluate epoch ``epoch``; (its record, its per-channel counts). Updates ``state``'s
+    density history and compute."""
+    train_loss, train_top1 = _train_epoch(state, loader, cfg, epoch, amp_dtype, bar)
+    val_top1 = evaluate(state.forward, val_loader, amp_dtype)
+    counts = state.meter.read()
+    densities = _layer_densities(state.graph, counts)
+    state.density_history.append(densities)
+    state.train_flops_cum += state.train_flops_per_image * loader.num_samples
+    record = {"epoch": epoch, "lr": learning_rate(cfg, epoch - 1),
+              "train_loss": train_loss, "train_top1": train_top1, "val_top1": val_top1,
+              "densities": densities, "widths": state.graph.widths(), "params": state.params,
+              "flops": state.flops, "train_flops_cum": state.train_flops_cum,
+              "seconds": time.perf_counter() - started}
+    return record, counts
+
+
+def _snapshot(sharing: snapshots.Sharing, cfg: Config, data: ImageData, state: _State, summary: dict[str, Any],
+              record: dict[str, Any], counts: dict[str, ChannelCounts]) -> None:
+    """Write this epoch's snapshot when ``sharing`` asks for it and the run has not cut (nor diverged)."""
+    if record["epoch"] not in sharing.save_at or summary["prune_events"] or not math.isfinite(record["train_loss"]):
+        return
+    written, skipped = snapshots.save_snapshot(
+        sharing, cfg, data, model=state.model, optimizer=state.optimizer, group_widths=state.graph.group_widths(),
+        epochs=summary["epochs"], record=record, counts=counts, density_history=state.density_history,
+        train_flops_cum=state.train_flops_cum)
+    if written:
+        summary.setdefault("snapshots_written", []).append(record["epoch"])
+    if skipped:
+        summary["snapshot_skipped"] = skipped
+
+
+def _fork(state: _State, fork: snapshots.Fork, summary: dict[str, Any], loader: DeviceLoader) -> None:
+    """Carry the snapshot's momentum, records, density history, compute and RNG states into this run (in
+    place); the loop then takes epoch e's record and counts from it."""
+    state.train_flops_cum, state.density_history = fork.train_flops_cum, fork.density_history
+    summary["epochs"], summary["forked_from"] = fork.epochs, fork.provenance()
+    loader.set_epoch(fork.epoch)  # epoch e + 1 (1-based) draws the loader's 0-based epoch e
+    fork.restore(state.model, state.optimizer)
+
+
 def _save_checkpoint(directory: Path, state: _State, summary: dict[str, Any], status: str) -> None:
     checkpoint.save_checkpoint(
         directory, model=state.model, optimizer=state.optimizer, epoch=summary["epochs"][-1]["epoch"],
@@ -285,8 +354,9 @@ def _resume(state: _State, saved: checkpoint.Checkpoint, summary: dict[str, Any]
     state.train_flops_cum, state.rounds = int(s["train_flops_cum"]), int(s["rounds"])
     state.last_prune_epoch, state.pruning_over = int(s["last_prune_epoch"]), bool(s["pruning_over"])
     state.density_history = list(s["density_history"])
-    for key in ("epochs", "prune_events", "final"):
-        summary[key] = s["summary"][key]
+    for key in ("epochs", "prune_events", "final", "forked_from"):
+        if key in s["summary"]:
+            summary[key] = s["summary"][key]
     summary["resumed_from_epoch"] = saved.epoch
     loader.set_epoch(saved.epoch)  # epoch e (1-based) draws the loader's 0-based epoch e - 1
     checkpoint.restore_rng_states(saved.rng)

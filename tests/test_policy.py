@@ -8,6 +8,8 @@ from adprune_core.policy import (
     channel_scores,
     combine_counts,
     densities_settled,
+    first_prune_epoch,
+    first_prune_range,
     new_width,
     select_channels,
     should_prune,
@@ -129,3 +131,42 @@ def test_worth_pruning():
     assert worth_pruning(1000, 900, 0.1)
     assert not worth_pruning(1000, 901, 0.1)
     assert not worth_pruning(1000, 1000, 0.0)  # a no-op round is never worth it
+
+
+# Densities of two layers over six epochs: they move by 0.20, 0.05, 0.01, 0.004 and 0.002.
+HISTORY = [{"a": a, "b": 0.5} for a in (0.80, 0.60, 0.55, 0.54, 0.536, 0.534)]
+
+
+@pytest.mark.parametrize(("cfg", "expected"), [
+    # saturation, tol 0.02, patience 1: the first step under 0.02 is 0.55 -> 0.54, i.e. after epoch 4
+    (PruneConfig(schedule="saturation", warmup=0, density_tol=0.02, patience=1), 4),
+    (PruneConfig(schedule="saturation", warmup=0, density_tol=0.02, patience=2), 5),  # two settled steps: 4->5
+    (PruneConfig(schedule="saturation", warmup=5, density_tol=0.02, patience=1), 5),  # settled at 4, warm-up to 5
+    (PruneConfig(schedule="saturation", warmup=0, density_tol=0.06, patience=1), 3),  # 0.05 < 0.06 already at 3
+    (PruneConfig(schedule="saturation", warmup=0, density_tol=0.001, patience=1), None),  # never within 6 epochs
+    (PruneConfig(schedule="fixed", epochs=(4, 6)), 4),
+    (PruneConfig(schedule="interval", warmup=2, interval=3), 2),
+    (PruneConfig(schedule="none"), None),
+    (PruneConfig(schedule="fixed", epochs=(2,), max_rounds=0), None),
+])
+def test_first_prune_epoch_replays_the_schedule_over_the_history(cfg, expected):
+    assert first_prune_epoch(cfg, 10, HISTORY) == expected
+
+
+def test_first_prune_epoch_only_looks_at_the_history_given():
+    cfg = PruneConfig(schedule="saturation", warmup=0, density_tol=0.02, patience=1)
+    assert first_prune_epoch(cfg, 10, HISTORY[:3]) is None  # settles after epoch 4: not within 3
+    assert first_prune_epoch(cfg, 4, HISTORY) is None  # a run of 4 epochs never prunes after its last
+
+
+@pytest.mark.parametrize(("cfg", "expected"), [
+    (PruneConfig(schedule="fixed", epochs=(3, 6)), (3, 3)),
+    (PruneConfig(schedule="interval", warmup=4, interval=2), (4, 4)),
+    (PruneConfig(schedule="interval", warmup=0, interval=3), (3, 3)),  # epoch 0 is no epoch: the first is 3
+    (PruneConfig(schedule="saturation", warmup=2, patience=3), (4, 9)),  # patience 3 needs 4 measured epochs
+    (PruneConfig(schedule="saturation", warmup=6, patience=1), (6, 9)),
+    (PruneConfig(schedule="saturation", warmup=12, patience=1), None),  # warm-up past the run
+    (PruneConfig(schedule="none"), None),
+])
+def test_first_prune_range(cfg, expected):
+    assert first_prune_range(cfg, 10) == expected

@@ -4,7 +4,10 @@
     adprune study [--dataset synthetic] [--model vgg11] [--trials N] [--epochs E] [--name NAME]
                   [--data PATH] [--seed S] [--runs-dir runs] [--storage URL] [--tracking URI]
                   [--config FILE] [--set KEY=VALUE ...] [--workers K | --gpus 0,1 --workers-per-gpu K]
+                  [--no-share] [--snapshot-gb GB] [--snapshot-dir DIR]
     adprune worker --study NAME [--storage URL] [--tracking URI] [--trials N] [--data PATH] [--set KEY=VALUE ...]
+                   [--no-share] [--snapshot-dir DIR]
+    adprune snapshots [--runs-dir runs] [--snapshot-dir DIR] [--remove]
     adprune mlflow-server [--backend-store URI] [--artifacts DIR] [--host 127.0.0.1] [--port 5001]
     adprune ui [--runs-dir runs] [--port 5000]
 
@@ -19,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
@@ -66,6 +70,27 @@ def without_store_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def add_share_args(p: argparse.ArgumentParser, limit: bool = True) -> None:
+    """``--no-share`` and ``--snapshot-dir`` (and ``--snapshot-gb``): shared-prefix trials (study/sharing.py)."""
+    p.add_argument("--no-share", action="store_true",
+                   help="train every trial from scratch: no epoch snapshots written or used (share.enabled=false)")
+    if limit:
+        p.add_argument("--snapshot-gb", type=float, default=None, metavar="GB",
+                       help="size limit of the snapshot folder (share.snapshot_gb, default 10)")
+    p.add_argument("--snapshot-dir", default=None, metavar="DIR",
+                   help="epoch snapshot folder (default <runs>/snapshots; a shared folder serves several machines)")
+
+
+def share_values(args: argparse.Namespace) -> dict[str, object]:
+    """The study keys ``--no-share`` and ``--snapshot-gb`` set."""
+    values: dict[str, object] = {}
+    if args.no_share:
+        values["share.enabled"] = False
+    if getattr(args, "snapshot_gb", None) is not None:
+        values["share.snapshot_gb"] = args.snapshot_gb
+    return values
+
+
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic", help=f"preset dataset: {', '.join(DATASETS)} (default synthetic)")
     p.add_argument("--model", help="preset model: vgg19 or resnet18 (default vgg11 on synthetic, else vgg19)")
@@ -83,6 +108,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    help="worker processes sharing the study on this machine (default 1)")
     p.add_argument("--gpus", default=None, help="GPU ids for one worker each (times --workers-per-gpu), e.g. 0,1")
     p.add_argument("--workers-per-gpu", type=int, default=1, help="workers (concurrent trials) per GPU (default 1)")
+    add_share_args(p)
     for hidden in ("--worker-rank", "--worker-quota"):  # set by the process that starts the workers
         p.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
@@ -130,6 +156,7 @@ def _run_study(args: argparse.Namespace) -> int:
         values["sampler.seed"] = args.seed
     if args.no_progress:
         values["train.progress"] = False
+    values.update(share_values(args))
     cfg = load_study_config(path, args.overrides, values)
     stores = stores_from_args(args)
     name = args.name or default_name
@@ -138,7 +165,8 @@ def _run_study(args: argparse.Namespace) -> int:
     else:
         from study.workers import run_worker
 
-        run_worker(cfg, name, stores, args.parent_run, quota=args.worker_quota, rank=args.worker_rank)
+        run_worker(cfg, name, stores, args.parent_run, quota=args.worker_quota, rank=args.worker_rank,
+                   snapshots=args.snapshot_dir)
         return 0
     envs = worker_envs(args.workers, args.gpus, args.workers_per_gpu, os.cpu_count() or 1)
 
@@ -149,7 +177,7 @@ def _run_study(args: argparse.Namespace) -> int:
         return subprocess.Popen(cmd, env={**os.environ, **envs[rank], **stores.child_env()}, start_new_session=True)
 
     report = run_study(cfg, name, args.trials, stores, progress=not args.no_progress, workers=len(envs),
-                       spawn=spawn)
+                       spawn=spawn, snapshots=args.snapshot_dir)
     print(format_report(report, cfg.objective_names))
     if stores.tracking_server:
         print(f"browse: {without_credentials(stores.tracking_uri)}")
@@ -168,14 +196,42 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="this machine's dataset folder or zip (data.root), if not where the study's is")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trainer key on this machine, e.g. train.device=cuda:1")
+    add_share_args(p, limit=False)
 
 
 def _run_worker(args: argparse.Namespace) -> int:
     """Join a study from any machine that reaches its stores; its config comes from the study itself."""
     from study.workers import join_study
 
-    join_study(args.study, stores_from_args(args), args.trials, args.overrides,
-               {"data.root": args.data} if args.data else None)
+    values = {"data.root": args.data} if args.data else {}
+    join_study(args.study, stores_from_args(args), args.trials, args.overrides, {**values, **share_values(args)},
+               snapshots=args.snapshot_dir)
+    return 0
+
+
+def _snapshots_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default=None, help=f"runtime folder (default ${RUNS_DIR_ENV} or runs)")
+    p.add_argument("--snapshot-dir", default=None, metavar="DIR", help="snapshot folder (default <runs>/snapshots)")
+    p.add_argument("--remove", action="store_true",
+                   help="delete every snapshot (studies then train their prefixes again; nothing else is touched)")
+
+
+def _run_snapshots(args: argparse.Namespace) -> int:
+    """List the epoch snapshots of shared prefixes, or remove them all (``--remove``)."""
+    from adprune_core.snapshots import SnapshotStore
+    from study.sharing import snapshot_dir
+
+    store = SnapshotStore(snapshot_dir(args.runs_dir or default_runs_dir(), args.snapshot_dir))
+    if args.remove:
+        removed, freed = store.remove_all()
+        print(f"removed {removed} snapshot(s) from {store.root}, {freed / 1e6:.1f} MB freed")
+        return 0
+    entries = store.entries()
+    print(f"{store.root}: {len(entries)} snapshot(s), {store.size_bytes() / 1e6:.1f} MB"
+          + ("  (make snapshots-clean or adprune snapshots --remove deletes them)" if entries else ""))
+    for e in entries:
+        print(f"  {e.key[:12]}  epoch {e.epoch:>3}  {e.bytes / 1e6:8.2f} MB  "
+              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e.written_at))}  {e.written_by}")
     return 0
 
 
@@ -269,3 +325,5 @@ SUBCOMMANDS["worker"] = ("join a running study from this machine (its config com
 SUBCOMMANDS["mlflow-server"] = ("start an MLflow tracking server for studies on several machines",
                                 _mlflow_server_args, _run_mlflow_server)
 SUBCOMMANDS["ui"] = ("start the MLflow UI for the study stores", _ui_args, _run_ui)
+SUBCOMMANDS["snapshots"] = ("list (or --remove) the epoch snapshots that trials of a study share", _snapshots_args,
+                            _run_snapshots)

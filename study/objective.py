@@ -18,12 +18,18 @@ the retry's MLflow run too). It records ``retry_of`` (the trial it continues) an
 ``resumed_from_epoch``; a checkpoint of another config (``EPOCHS`` changed between sessions) is not
 resumed (``resume_skipped`` says why) and the retry starts from scratch.
 
+Shared prefixes (``study/sharing.py``, with a snapshot folder and ``share.enabled``): a trial forks from
+the latest usable epoch snapshot of its prefix and writes the fork points' snapshots the store lacks. It
+records ``reused_epochs``, ``forked_from``, ``train_flops_spent`` and ``reused_seconds`` (every trial; 0,
+None, the whole run, 0 when it did not fork), ``fork_skipped`` (why it did not) and ``snapshot_skipped``
+(a snapshot the size limit kept it from writing).
+
 Trial user attrs: ``worker`` (host:pid of the process running it; its presence says the trial beats
 a heartbeat), ``baseline``, ``config`` (resolved trainer config), ``epochs``, ``out_dir``,
 ``mlflow_run_id``, ``records`` (per-epoch ``val_top1``, ``params``, ``flops``, ``train_flops_cum``,
 ``train_loss``, ``train_top1``; rewritten every epoch, read by the stopper), ``status`` (trainer's),
 ``final``, ``compression_params``, ``compression_flops``, ``accuracy_drop``, ``stop_reason``,
-``fail_reason``, ``retry_of``, ``resumed_from_epoch``, ``resume_skipped``.
+``fail_reason``, ``retry_of``, ``resumed_from_epoch``, ``resume_skipped``, and the sharing attrs above.
 """
 
 from __future__ import annotations
@@ -41,8 +47,10 @@ import optuna
 from adprune_core import checkpoint
 from adprune_core.config import config_to_dict
 from adprune_core.data import ImageData
+from adprune_core.snapshots import Sharing, SnapshotStore
 from adprune_core.trainer import train
 from study.pareto import completed_baseline
+from study.sharing import fork_epochs, plan_trial, trial_sharing
 from study.space import StudyConfig, baseline_config, suggest, trial_config
 from study.stopping import DominatedTrialStopper, compact_record
 from study.tracking import StudyTracker, TrialRun
@@ -73,18 +81,29 @@ class _Recorder:
         self.trial.set_user_attr("records", self.records)
         self.trial.set_user_attr("resumed_from_epoch", summary["resumed_from_epoch"])
 
+    def on_fork(self, summary: dict[str, Any]) -> None:
+        self.records = [compact_record(r) for r in summary["epochs"]]
+        self.trial.set_user_attr("records", self.records)
+        for key in ("reused_epochs", "forked_from"):
+            self.trial.set_user_attr(key, trial_sharing(summary)[key])
+
     def on_epoch_end(self, record: dict[str, Any]) -> None:
         self.records.append(compact_record(record))
         self.trial.set_user_attr("records", self.records)
 
 
 class Objective:
-    """``objective(trial) -> values``, one full trainer run per trial, on data loaded once."""
+    """``objective(trial) -> values``, one full trainer run per trial, on data loaded once.
+
+    ``snapshot_dir``: the snapshot store of shared prefixes (``study.sharing.snapshot_dir``); None, or
+    ``share.enabled`` false, trains every trial from scratch."""
 
     def __init__(self, cfg: StudyConfig, data: ImageData, trials_dir: Path, tracker: StudyTracker | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, snapshot_dir: Path | None = None) -> None:
         self.cfg, self.data, self.trials_dir, self.tracker = cfg, data, Path(trials_dir), tracker
         self.progress = progress
+        self.store = SnapshotStore(snapshot_dir) if snapshot_dir is not None and cfg.share.enabled else None
+        self.fork_points = fork_epochs(cfg) if self.store is not None else ()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         trial.set_user_attr(WORKER_ATTR, worker_id())  # first: this trial beats a heartbeat (runner.py)
@@ -98,7 +117,8 @@ class Objective:
                 cfg = cfg.replace(train=dataclasses.replace(cfg.train, progress=False))
             config = config_to_dict(cfg)
             for key, value in (("config", config), ("epochs", cfg.train.epochs), ("out_dir", str(out)),
-                               ("records", [])):  # a retry's copied attrs describe the dead trial
+                               ("records", []), ("reused_epochs", 0), ("forked_from", None), ("fork_skipped", None),
+                               ("snapshot_skipped", None)):  # a retry's copied attrs describe the dead trial
                 trial.set_user_attr(key, value)
             retry_of = self._retry_of(trial)
             resume = retry_of is not None and self._take_checkpoint(trial, retry_of, out, config)
@@ -108,12 +128,16 @@ class Objective:
             callbacks: list[Any] = [_Recorder(trial)]
             if run is not None:
                 callbacks.append(run)
+            stopper = None
             if self.cfg.stopper is not None and not baseline:
-                callbacks.append(DominatedTrialStopper.from_trials(
+                stopper = DominatedTrialStopper.from_trials(
                     trial.study.get_trials(deepcopy=False), self.cfg.objective_names, self.cfg.directions,
-                    self.cfg.stopper.check_at, self.cfg.stopper.margin, cfg.train.epochs))
-            final = train(cfg, out, callbacks=callbacks, data=self.data, checkpoint_dir=out / CHECKPOINT_DIR,
-                          resume=resume).summary["final"]
+                    self.cfg.stopper.check_at, self.cfg.stopper.margin, cfg.train.epochs)
+                callbacks.append(stopper)
+            summary = train(cfg, out, callbacks=callbacks, data=self.data, checkpoint_dir=out / CHECKPOINT_DIR,
+                            resume=resume, sharing=self._sharing(trial, cfg, stopper, resume)).summary
+            self._record_sharing(trial, summary)
+            final = summary["final"]
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
@@ -146,6 +170,29 @@ class Objective:
         if run is not None:
             run.finish("COMPLETE", None, out)
         return tuple(float(final[name]) for name in self.cfg.objective_names)
+
+    def _sharing(self, trial: optuna.Trial, cfg: Any, stopper: DominatedTrialStopper | None,
+                 resume: bool) -> Sharing | None:
+        """The trainer's ``Sharing`` for this trial (``study.sharing.plan_trial``); None without a store. A
+        trial that resumes from its own checkpoint does not fork (again), but still writes missing snapshots."""
+        if self.store is None:
+            return None
+        limit = self.cfg.share.snapshot_gb * 1e9
+        plan = plan_trial(self.store, cfg, self.data, self.fork_points, stopper,
+                          None if limit == float("inf") else int(limit),
+                          f"study {trial.study.study_name!r} trial {trial.number}")
+        if resume:
+            return dataclasses.replace(plan.sharing, fork_at=None)
+        if plan.no_fork:
+            trial.set_user_attr("fork_skipped", plan.no_fork)
+        return plan.sharing
+
+    def _record_sharing(self, trial: optuna.Trial, summary: dict[str, Any]) -> None:
+        for key, value in trial_sharing(summary).items():
+            trial.set_user_attr(key, value)
+        for key in ("fork_skipped", "snapshot_skipped"):
+            if summary.get(key):
+                trial.set_user_attr(key, summary[key])
 
     def _retry_of(self, trial: optuna.Trial) -> int | None:
         """The trial this one retries (the last of its retry history), or None."""

@@ -11,6 +11,8 @@
   seed gives the same suggestions.
 - Several worker processes may share one study (``study.workers``); stale trials, heartbeats and
   retries are ``study.trials``'.
+- Shared prefixes (``study.sharing``): trials fork from epoch snapshots in ``<runs>/snapshots/`` (or
+  ``snapshot_dir``) unless the study's ``share.enabled`` is false; the closing summary says what that saved.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from adprune_core.errors import ConfigError
 from study.objective import Objective, retry_history
 from study.pareto import completed_baseline, describe_trial, pareto_trials
 from study.samplers import SAMPLERS
+from study.sharing import SharingTotals, sharing_text, sharing_totals, snapshot_dir
 from study.space import StudyConfig
 from study.stores import Stores, check_tracking_reachable
 from study.tracking import StudyTracker
@@ -62,13 +65,14 @@ class StudyReport:
     trials: list[dict[str, Any]]  # every trial, described
     pareto: list[dict[str, Any]]  # the Pareto front, described
     retried: list[int] = field(default_factory=list)  # FAIL trials whose worker died and that were retried
+    sharing: SharingTotals | None = None  # what shared prefixes saved over the study's finished trials
 
 
 def study_record(cfg: StudyConfig) -> dict[str, Any]:
     """The study config as plain data (logged with the parent run)."""
     return {"source": cfg.source, "objectives": dict(zip(cfg.objective_names, cfg.directions)),
             "sampler": vars(cfg.sampler), "max_accuracy_drop": cfg.max_accuracy_drop,
-            "stopper": vars(cfg.stopper) if cfg.stopper else None,
+            "stopper": vars(cfg.stopper) if cfg.stopper else None, "share": vars(cfg.share),
             "space": {d.key: {k: v for k, v in vars(d).items() if k != "key" and v not in (None, (), False)}
                       for d in cfg.space},
             "trainer": config_to_dict(cfg.trainer)}
@@ -76,14 +80,16 @@ def study_record(cfg: StudyConfig) -> dict[str, Any]:
 
 def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str | Path, progress: bool = True,
               log: Any = print, workers: int = 1,
-              spawn: Callable[[int, int, str], subprocess.Popen] | None = None) -> StudyReport:
+              spawn: Callable[[int, int, str], subprocess.Popen] | None = None,
+              snapshots: str | Path | None = None) -> StudyReport:
     """Run (or resume) study ``name`` until it holds ``n_trials`` trials; see the module docstring.
 
     ``stores``: where the study lives (``study.stores.Stores``; a runtime folder means its embedded
     SQLite stores). With ``workers`` > 1 this process prepares the study (stale trials, the baseline,
     the MLflow parent run) and ``spawn(rank, quota, parent_run_id)`` starts each worker process, which
     runs ``run_worker`` for its fixed quota of trials: the total is exact, with no race between workers.
-    The study's config and ``n_trials`` are stored with it, for workers that join it (``join_study``)."""
+    The study's config and ``n_trials`` are stored with it, for workers that join it (``join_study``).
+    ``snapshots``: the snapshot folder of shared prefixes (default ``<runs>/snapshots``)."""
     if n_trials < 1:
         raise ConfigError(f"--trials: {n_trials} must be >= 1 (the baseline counts as one)")
     stores = Stores.of(stores)
@@ -122,7 +128,8 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
     if data is not None:
         tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
         tracker.open(study, study_record(cfg), alive_run_ids=_run_ids(trials, stale.alive))
-        objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=progress)
+        objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=progress,
+                              snapshot_dir=snapshot_dir(runs_dir, snapshots))
         bar = tqdm(total=to_run, unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True,
                    position=0)
 
@@ -171,7 +178,7 @@ def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran
     return StudyReport(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
                        pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)],
-                       retried=retried)
+                       retried=retried, sharing=sharing_totals(t.user_attrs for t in trials if t.state in FINISHED))
 
 
 def _run_ids(trials: list[optuna.trial.FrozenTrial], numbers: list[int]) -> set[str]:
@@ -191,6 +198,7 @@ def format_report(report: StudyReport, names: tuple[str, ...]) -> str:
     retried = f", {len(report.retried)} of them retried after their worker died" if report.retried else ""
     lines = [f"study {report.name!r}: {len(states)} trials ({states.count('COMPLETE')} complete, "
              f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed{retried}); ran {report.ran} now",
+             *([sharing_text(report.sharing)] if report.sharing and report.sharing.trials else []),
              f"Pareto front ({len(report.pareto)}):",
              "  trial  " + "  ".join(f"{n:>15}" for n in names) + "  compression_flops  baseline"]
     for t in report.pareto:

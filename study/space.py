@@ -17,6 +17,7 @@ A study file (``configs/study/<dataset>-<model>.yaml``) holds::
     sampler: {name: tpe, seed: 0}   # tpe (startup_trials), nsga2 (population_size) or random
     constraints: {max_accuracy_drop: 0.02}   # optional: at most this val_top1 drop vs the baseline
     stopper: {check_at: [0.5], margin: 0.05} # optional: the dominated-trial stopper (study/stopping.py)
+    share: {enabled: true, snapshot_gb: 10}  # optional: shared-prefix trials (study/sharing.py), on by default
 
 Searched keys are trainer keys (``adprune options``; not ``data.*``: a study loads its data once)
 or one of three schedule keys that are relative to the run length, so a space survives a change of
@@ -56,7 +57,7 @@ _SETS = {FIRST_FRAC: ("prune.warmup", "prune.epochs"), INTERVAL_FRAC: ("prune.in
          ROUNDS: ("prune.max_rounds",)}
 OBJECTIVE_METRICS = ("val_top1", "params", "flops", "train_flops_cum")
 DIRECTIONS = ("maximize", "minimize")
-STUDY_SECTIONS = ("sampler", "constraints", "stopper")
+STUDY_SECTIONS = ("sampler", "constraints", "stopper", "share")
 STUDY_KEYS = ("base", "fixed", "space", "objectives", *STUDY_SECTIONS)
 DIM_TYPES = ("categorical", "int", "float")
 DEFAULT_MODELS = {"synthetic": "vgg11"}  # every other dataset: vgg19
@@ -100,6 +101,12 @@ class StopperSpec:
 
 
 @dataclass(frozen=True)
+class ShareSpec:
+    enabled: bool = True  # trials fork from epoch snapshots of a shared prefix (study/sharing.py); --no-share: off
+    snapshot_gb: float = 10.0  # the snapshot store's size limit in GB: a snapshot that would pass it is not written
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     trainer: Config  # base + fixed: every trial starts from this
     space: tuple[Dimension, ...]
@@ -107,6 +114,7 @@ class StudyConfig:
     sampler: SamplerSpec = SamplerSpec()
     max_accuracy_drop: float | None = None
     stopper: StopperSpec | None = None
+    share: ShareSpec = ShareSpec()
     source: str = "<inline>"
     spec: str = field(default="{}", compare=False, repr=False)  # JSON: the study as plain data, base resolved
 
@@ -276,7 +284,7 @@ def study_config_from_dict(raw: Any, base_dir: Path = Path("."), source: str = "
     cfg = StudyConfig(trainer=trainer, space=space, objectives=_objectives(raw["objectives"]),
                       sampler=_section(SamplerSpec, "sampler", raw.get("sampler")),
                       max_accuracy_drop=_constraints(raw.get("constraints")),
-                      stopper=_stopper(raw.get("stopper")), source=source,
+                      stopper=_stopper(raw.get("stopper")), share=_share(raw.get("share")), source=source,
                       spec=json.dumps({**{k: v for k, v in raw.items() if k not in ("base", "fixed")},
                                        "base": config_to_dict(trainer)}, sort_keys=True, default=str))
     SAMPLERS.get(cfg.sampler.name)
@@ -439,6 +447,17 @@ def _stopper(raw: Any) -> StopperSpec | None:
     if spec.margin < 0:
         raise ConfigError(f"stopper.margin: {spec.margin} must be >= 0 (0.05 = better by 5%)")
     return spec
+
+
+def _share(raw: Any) -> ShareSpec:
+    raw = _mapping(raw, "share", ("enabled", "snapshot_gb"))
+    enabled, gb = raw.get("enabled", ShareSpec.enabled), raw.get("snapshot_gb", ShareSpec.snapshot_gb)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"share.enabled: {enabled!r} must be true or false (false, or --no-share: every trial "
+                          "trains from scratch)")
+    if not isinstance(gb, (int, float)) or isinstance(gb, bool) or not gb >= 0:
+        raise ConfigError(f"share.snapshot_gb: {gb!r} must be a number of GB >= 0 (0: write no snapshots), e.g. 10")
+    return ShareSpec(enabled, float(gb))
 
 
 def _section(cls: type, where: str, raw: Any, required: tuple[str, ...] = ()) -> Any:

@@ -75,6 +75,16 @@ class DominatedTrialStopper:
                                        self.directions, self.margin)
         return self.reason
 
+    def first_stop(self, records: Iterable[Mapping[str, Any]]) -> int | None:
+        """The first epoch among ``records`` (epoch records, in order) at which this stopper would stop a
+        run, or None; this stopper is not changed (``study.sharing`` asks it before a trial forks)."""
+        for rec in records:
+            epoch = rec["epoch"]
+            if epoch in self.epochs and dominated_reason(rec, self.references[epoch], self.names, self.directions,
+                                                         self.margin):
+                return int(epoch)
+        return None
+
     @classmethod
     def from_trials(cls, trials: Iterable[Any], names: Sequence[str], directions: Sequence[str],
                     check_at: Iterable[float], margin: float, epochs: int) -> DominatedTrialStopper:

@@ -16,6 +16,12 @@ server): one experiment per study, named after it, artifacts under ``<runs>/mlar
   ``flops_after``; final metrics ``final/<key>`` (``final/val_top1``, ``final/compression_flops``, ...);
   artifacts ``summary.json``, ``prune_events.json``, ``density_width.png``, ``model/`` (the pruned
   network). Run status: FINISHED (COMPLETE), KILLED (PRUNED, interrupted), FAILED (FAIL).
+- shared prefixes (``study/sharing.py``): the parent run's metrics ``sharing/trials_forked``,
+  ``sharing/reused_epochs``, ``sharing/train_flops_spent``, ``sharing/train_flops_saved`` and
+  ``sharing/seconds_saved`` (the study so far, step = trial number); a forked trial's run is tagged
+  ``adprune.forked_from`` and ``adprune.reused_epochs`` and holds every epoch's metrics, the reused ones
+  logged at their steps; every trial's run has the metrics ``train_flops_spent``, ``reused_epochs`` and
+  ``reused_seconds``.
 - a trial whose worker died (no heartbeat) ends FAILED with ``adprune.fail_reason`` "worker died (no
   heartbeat)" and ``adprune.retried``; its retry's run is tagged ``adprune.retry_of`` (trial number)
   and ``adprune.resumed_from_epoch``, and holds the resumed epochs' metrics too (from the checkpoint).
@@ -35,6 +41,7 @@ from typing import Any
 
 from study.pareto import describe_trial, pareto_trials
 from study.plots import layer_curves, render
+from study.sharing import sharing_totals, trial_sharing
 from study.stores import Stores
 
 LEFT_RUNNING_REASON = "left running by an interrupted process"  # a run (and trial) no process will finish
@@ -150,12 +157,18 @@ class StudyTracker:
         self._log_json(self.parent_id, "pareto_front.json", {"objectives": dict(zip(self.names, self.directions)),
                                                              "trials": front})
         counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        shared = sharing_totals(t.user_attrs for t in trials if t.state.name in counts)
         now, step = _now_ms(), trial.number
         from mlflow.entities import Metric
 
         self.client.log_batch(self.parent_id, metrics=[
             Metric("pareto_size", len(front), now, step), Metric("trials_complete", counts["COMPLETE"], now, step),
-            Metric("trials_pruned", counts["PRUNED"], now, step), Metric("trials_failed", counts["FAIL"], now, step)])
+            Metric("trials_pruned", counts["PRUNED"], now, step), Metric("trials_failed", counts["FAIL"], now, step),
+            Metric("sharing/trials_forked", shared.forked, now, step),
+            Metric("sharing/reused_epochs", shared.reused_epochs, now, step),
+            Metric("sharing/train_flops_spent", shared.train_flops_spent, now, step),
+            Metric("sharing/train_flops_saved", shared.train_flops_saved, now, step),
+            Metric("sharing/seconds_saved", shared.reused_seconds, now, step)])
 
     def close(self, status: str = "FINISHED") -> None:
         if self.parent_id:
@@ -185,6 +198,21 @@ class TrialRun:
     def on_resume(self, summary: dict[str, Any]) -> None:
         """The run continues a dead trial's checkpoint: log the finished epochs it did not recompute."""
         self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary["resumed_from_epoch"]))
+        if summary.get("forked_from"):  # the dead trial had forked: so did this run
+            self._tag_fork(summary)
+        self._log_epochs(summary)
+
+    def on_fork(self, summary: dict[str, Any]) -> None:
+        """The run forked from a snapshot: tag which, and log the reused epochs 1..e-1 at their steps."""
+        self._tag_fork(summary)
+        self._log_epochs(summary)
+
+    def _tag_fork(self, summary: dict[str, Any]) -> None:
+        shared = trial_sharing(summary)
+        self.client.set_tag(self.run_id, "adprune.forked_from", shared["forked_from"])
+        self.client.set_tag(self.run_id, "adprune.reused_epochs", str(shared["reused_epochs"]))
+
+    def _log_epochs(self, summary: dict[str, Any]) -> None:
         events = {e["epoch"]: e for e in summary["prune_events"]}
         for record in summary["epochs"]:
             self.on_epoch_end(record)
@@ -226,6 +254,9 @@ class TrialRun:
             now = _now_ms()
             metrics = [Metric(metric_name(f"final/{k}"), float(v), now, 0) for k, v in final.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            shared = trial_sharing(summary)
+            metrics += [Metric(k, float(shared[k]), now, 0) for k in ("train_flops_spent", "reused_epochs",
+                                                                         "reused_seconds")]
             if metrics:
                 self.client.log_batch(self.run_id, metrics=metrics)
             self.client.log_artifact(self.run_id, str(summary_path))

@@ -238,6 +238,10 @@ def trial_line(trial: Any, names: tuple[str, ...]) -> str:
         resumed = trial.user_attrs.get("resumed_from_epoch")
         notes.append(f"retry of trial {trial.user_attrs['retry_of']}"
                      + (f", resumed after epoch {resumed}" if resumed else ""))
+    reused = trial.user_attrs.get("reused_epochs")
+    if reused:  # forked from a snapshot (study/sharing.py)
+        notes.append(f"reused {f'epochs 1-{reused}' if reused > 1 else 'epoch 1'}: "
+                     f"{trial.user_attrs.get('reused_seconds') or 0:.1f} s not retrained")
     tag = " (" + "; ".join(notes) + ")" if notes else ""
     head = f"trial {trial.number}{tag} {trial.state.name}"
     if trial.state == TrialState.COMPLETE:

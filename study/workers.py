@@ -27,6 +27,7 @@ from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
 from study.objective import Objective, worker_id
 from study.samplers import SAMPLERS
+from study.sharing import snapshot_dir
 from study.space import StudyConfig, study_config_from_spec
 from study.stores import Stores, check_tracking_reachable
 from study.tracking import StudyTracker
@@ -114,7 +115,7 @@ def _signal_alive(procs: list[subprocess.Popen]) -> None:
 
 def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_run_id: str, *,
                quota: int | None = None, target: int | None = None, rank: int | None = None,
-               log: Any = print, study: optuna.Study | None = None) -> int:
+               log: Any = print, study: optuna.Study | None = None, snapshots: str | Path | None = None) -> int:
     """Run trials of the (already prepared) study ``name`` in this process; returns how many it ran.
 
     ``quota``: at most that many trials. ``target``: until the study holds that many
@@ -123,7 +124,8 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
     ``run_study`` starts: they run their quota, and stop early at the study's target (``TARGET_ATTR``)
     when workers that joined from elsewhere did part of it; their sampler seeds follow from the rank. A
     worker that joins from elsewhere (``rank`` None) draws from a seed of its host and process.
-    ``study``: the study already loaded from ``stores`` (default: load it)."""
+    ``study``: the study already loaded from ``stores`` (default: load it). ``snapshots``: the snapshot
+    folder of shared prefixes (default ``<runs>/snapshots``)."""
     if quota is None and target is None:
         raise ValueError("give a worker a quota, a target or both")
     stores = Stores.of(stores)
@@ -144,7 +146,8 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
     data = load_dataset(cfg.trainer.data)
     tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
     tracker.attach(parent_run_id)
-    objective = Objective(cfg, data, stores.runs_dir / "studies" / name, tracker, progress=False)
+    objective = Objective(cfg, data, stores.runs_dir / "studies" / name, tracker, progress=False,
+                          snapshot_dir=snapshot_dir(stores.runs_dir, snapshots))
     ran = 0
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -162,7 +165,7 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
 
 
 def join_study(name: str, stores: Stores | str | Path, trials: int | None = None, overrides: Sequence[str] = (),
-               values: Mapping[str, Any] | None = None, log: Any = print) -> int:
+               values: Mapping[str, Any] | None = None, log: Any = print, snapshots: str | Path | None = None) -> int:
     """``adprune worker``: join study ``name`` (started by ``run_study``, perhaps on another machine) with
     the config stored in it, ``overrides`` applied (e.g. this machine's ``data.root``); run ``trials``
     trials, or until the study holds its target. Returns how many trials this process ran."""
@@ -181,6 +184,6 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
     log(f"joined study {name!r} ({stores.describe()}): "
         + (f"{trials} trial(s)" if trials is not None else f"until it holds {target} trial(s)"))
     ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], quota=trials, target=target, log=log,
-                     study=study)
+                     study=study, snapshots=snapshots)
     log(f"ran {ran} trial(s) of study {name!r}")
     return ran

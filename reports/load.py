@@ -14,6 +14,7 @@ User errors (no storage, unknown study, ambiguous study) raise ``ConfigError``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +213,9 @@ def trial_inputs(data: StudyData) -> list[TrialInput]:
             values=tuple(t.values) if t.values else None,
             metrics={m: final[m] for m in METRICS if m in final}, params=dict(t.params), feasible=feasible(t),
             stop_reason=attrs.get("stop_reason"), fail_reason=attrs.get("fail_reason"), run_id=run_id,
-            url=data.url(run_id), picked=t.number in data.picked))
+            url=data.url(run_id), picked=t.number in data.picked, reused_epochs=int(attrs.get("reused_epochs") or 0),
+            train_flops_spent=float(attrs.get("train_flops_spent") if attrs.get("train_flops_spent") is not None
+                                    else math.nan), forked_from=attrs.get("forked_from")))
     return out
 
 

@@ -73,6 +73,9 @@ class TrialInput:
     run_id: str | None = None
     url: str | None = None
     picked: bool = False
+    reused_epochs: int = 0  # shared prefixes (study/sharing.py): epochs taken from a snapshot
+    train_flops_spent: float = math.nan  # training FLOPs the trial computed itself (train_flops_cum less reused)
+    forked_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
     feasible trials' objective values), the objective values under their names, the other final
     metrics, the savings (module docstring; metrics and savings only for COMPLETE trials, a stopped
     run's numbers being partial), ``search.<key>`` per searched key, ``stop_reason``,
-    ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, and per control kind present
+    ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, ``reused_epochs``,
+    ``train_flops_spent``, ``forked_from`` (shared prefixes, every trial that ran), and per control kind present
     ``<kind>_val_top1``, ``<kind>_flops``, ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>``,
     ``<kind>_run_id``, ``<kind>_url`` (the latest control of that kind, when several).
     """
@@ -139,7 +143,8 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
         row.update(savings(metrics, base.metrics if base else None))
         row.update({f"search.{k}": t.params.get(k) for k in keys})
         row.update({"stop_reason": t.stop_reason, "fail_reason": t.fail_reason, "picked": t.picked,
-                    "mlflow_run_id": t.run_id, "mlflow_url": t.url})
+                    "mlflow_run_id": t.run_id, "mlflow_url": t.url, "reused_epochs": t.reused_epochs,
+                    "train_flops_spent": t.train_flops_spent, "forked_from": t.forked_from})
         for kind in kinds:
             c = latest.get((t.number, kind))
             m = c.metrics if c else {}

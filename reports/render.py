@@ -17,6 +17,7 @@ from reports.figures import PlotlyPage, hypervolume_figure, importance_figure, p
 from reports.health import REFERENCE_FACTOR, edge_warnings
 from reports.pareto import ControlInput, finite
 from reports.report import Report
+from study.sharing import sharing_text
 
 FILES = ("index.html", "summary.md", "trials.csv", "pareto.csv")
 DASH = "–"
@@ -190,6 +191,8 @@ def render_html(report: Report) -> str:
 
     parts.append("<h2>Study health</h2>")
     parts.append("<h3>Trials by state</h3>" + html_table(("state", "trials"), [("", r) for r in states_rows(report)]))
+    if report.sharing is not None and report.sharing.trials:
+        parts.append(f"<h3>Compute</h3><p>{esc(_compute_text(report))}</p>")
     parts.append(f"<h3>Hypervolume over trials</h3><p class='note'>{esc(hypervolume_text(report))}.</p>")
     parts.append(page.fragment(hypervolume_figure(report.hv_history), "hypervolume"))
     parts.append("<h3>Which search parameters matter</h3>")
@@ -211,6 +214,12 @@ def render_html(report: Report) -> str:
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(report.study)}: '
             f"ADPrune study report</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _compute_text(report: Report) -> str:
+    """What the study's training cost, and what shared prefixes saved (``study.sharing``)."""
+    return (f"{sharing_text(report.sharing)} (train_flops_cum still counts whole runs; trials.csv: "
+            "reused_epochs, train_flops_spent, forked_from)")
 
 
 def _header(report: Report) -> str:
@@ -255,6 +264,7 @@ def render_markdown(report: Report) -> str:
     lines += [f"## Pareto front ({len(report.pareto)} trials)", "",
               md_table(PARETO_HEADERS, [cells for _, cells in pareto_table_rows(report, link=False)]), "",
               "## Study health", "", md_table(("state", "trials"), states_rows(report)), "",
+              *([_compute_text(report) + ".", ""] if report.sharing is not None and report.sharing.trials else []),
               hypervolume_text(report) + ".", "", "Parameter importance (fANOVA): "
               + (report.importances.note + "." if report.importances.note else
                  f"over {report.importances.trials} COMPLETE searched trials (few trials make it noisy)."), ""]

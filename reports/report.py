@@ -15,6 +15,7 @@ from reports import health
 from reports.health import EdgeHit, HypervolumeScale, Importances
 from reports.load import StudyData, control_inputs, trial_history, trial_inputs
 from reports.pareto import ControlInput, LayerProfile, View, baseline_of, layer_profile, savings, trial_rows, views
+from study.sharing import SharingTotals, sharing_totals
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -46,6 +47,7 @@ class Report:
     picked: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     generated: str = ""
+    sharing: SharingTotals | None = None  # shared prefixes over the finished trials (study/sharing.py)
 
     def row(self, number: int) -> dict[str, Any] | None:
         return next((r for r in self.rows if r["number"] == number), None)
@@ -93,7 +95,8 @@ def build_report(data: StudyData) -> Report:
         importances=health.param_importances(data.trials, data.names, data.directions), edges=edges,
         experiment_id=data.experiment_id, parent_run_id=data.parent_run_id, mlflow_url=data.mlflow_url,
         picked=sorted(data.picked), notes=list(data.notes) + _baseline_notes(base),
-        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        sharing=sharing_totals(t.user_attrs for t in data.trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")))
 
 
 def _baseline_notes(base: Any) -> list[str]:

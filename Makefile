@@ -20,6 +20,8 @@ RUNS_DIR ?= runs
 WORKERS  ?=
 GPUS     ?=
 WORKERS_PER_GPU ?=
+SHARE    ?=
+SNAPSHOT_GB ?=
 PORT     ?= 5000
 # several machines (README, docs/study.md): the stores' URLs travel in the environment, never in a printed command
 STORAGE  ?=
@@ -38,7 +40,8 @@ ifneq ($(DB),)
 export ADPRUNE_MLFLOW_BACKEND := $(DB)
 endif
 
-.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control bench clean
+.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control bench bench-study \
+	snapshots snapshots-clean clean
 
 install: $(STAMP)
 
@@ -61,16 +64,17 @@ lint: install
 train: install  ## make train [CONFIG=configs/smoke.yaml] [OUT=dir] [SET="train.epochs=3 data.name=cifar10"]
 	$(VENV)/bin/adprune train --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 
-study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k] [STORAGE=url TRACKING=uri]
+study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k] [STORAGE=url TRACKING=uri] [SHARE=0] [SNAPSHOT_GB=g]
 	$(VENV)/bin/adprune study --dataset $(DATASET) --runs-dir $(RUNS_DIR) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STUDY),--name $(STUDY)) \
 		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(foreach s,$(SET),--set $(s)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
-		$(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU))
+		$(if $(WORKERS_PER_GPU),--workers-per-gpu $(WORKERS_PER_GPU)) \
+		$(if $(filter 0,$(SHARE)),--no-share) $(if $(SNAPSHOT_GB),--snapshot-gb $(SNAPSHOT_GB))
 
 worker: install  ## make worker STUDY=name [STORAGE=url] [TRACKING=uri] [TRIALS=n] [DATA=path] [SET=...]: join a running study from this machine
 	$(VENV)/bin/adprune worker --study "$(STUDY)" --runs-dir $(RUNS_DIR) $(if $(TRIALS),--trials $(TRIALS)) \
-		$(if $(DATA),--data $(DATA)) $(foreach s,$(SET),--set $(s))
+		$(if $(DATA),--data $(DATA)) $(foreach s,$(SET),--set $(s)) $(if $(filter 0,$(SHARE)),--no-share)
 
 mlflow-server: install  ## make mlflow-server [DB=postgresql://...] [ARTIFACTS=dir] [HOST=127.0.0.1] [MLFLOW_PORT=5001]: a tracking server for several machines
 	$(VENV)/bin/adprune mlflow-server --runs-dir $(RUNS_DIR) --host $(HOST) --port $(MLFLOW_PORT) \
@@ -92,6 +96,15 @@ control: install  ## make control STUDY=name TRIAL=n [UNIFORM=1]: retrain the pi
 
 bench: install  ## side-by-side speed figures, written to docs/benchmarks.md
 	$(PY) -m adprune_core.bench --out docs/benchmarks.md
+
+bench-study: install  ## the same seeded study with SHARE=0 and with shared prefixes, side by side, into docs/benchmarks.md
+	$(PY) -m study.bench --out docs/benchmarks.md
+
+snapshots: install  ## list the epoch snapshots shared prefixes use (RUNS_DIR=runs)
+	$(VENV)/bin/adprune snapshots --runs-dir $(RUNS_DIR)
+
+snapshots-clean: install  ## delete every epoch snapshot of RUNS_DIR (studies then train their prefixes again)
+	$(VENV)/bin/adprune snapshots --runs-dir $(RUNS_DIR) --remove
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -242,6 +242,8 @@ def trial_line(trial: Any, names: tuple[str, ...]) -> str:
     if reused:  # forked from a snapshot (study/sharing.py)
         notes.append(f"reused {f'epochs 1-{reused}' if reused > 1 else 'epoch 1'}: "
                      f"{trial.user_attrs.get('reused_seconds') or 0:.1f} s not retrained")
+    if trial.user_attrs.get("snapshot_skipped"):
+        notes.append("a snapshot not written: the share.snapshot_gb limit (see its snapshot_skipped)")
     tag = " (" + "; ".join(notes) + ")" if notes else ""
     head = f"trial {trial.number}{tag} {trial.state.name}"
     if trial.state == TrialState.COMPLETE:

@@ -138,6 +138,10 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
             line = trial_line(trial, cfg.objective_names)
             if progress:
                 bar.write(line)
+                shared = sharing_totals(t.user_attrs for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
+                if shared.forked:  # the progress line: what shared prefixes saved so far
+                    bar.set_postfix_str(f"shared prefixes: {shared.compute_ratio:.2f}x less compute, "
+                                        f"{shared.reused_seconds:.0f} s saved", refresh=False)
             else:
                 log(line)
             bar.update(1)

@@ -206,7 +206,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 

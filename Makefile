@@ -44,8 +44,10 @@ KINDS    ?=
 SEEDS    ?=
 ALL_KINDS := scratch,uniform,random,repeat
 comma    := ,
+# make cpu-study (docs/reproduction.md)
+CPU_STUDIES ?= cifar10jpeg-cpu-vgg19 cifar10jpeg-cpu-resnet18
 
-.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control controls bench clean
+.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control controls cpu-study bench clean
 
 install: $(STAMP)
 
@@ -101,6 +103,13 @@ controls: install  ## make controls STUDY=name [SEEDS=3] [KINDS=scratch,uniform,
 	$(VENV)/bin/adprune control --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY)) \
 		$(if $(TRIAL),$(foreach t,$(subst $(comma), ,$(TRIAL)),--trial $(t)),$(if $(KNEE),--knee,--picks)) \
 		--kinds $(or $(KINDS),$(ALL_KINDS)) --seeds $(or $(SEEDS),3)
+
+cpu-study: install  ## make cpu-study [TRIALS=12] [SEEDS=3] [CPU_STUDIES="cifar10jpeg-cpu-vgg19 ..."]: the real-data CPU studies, their controls and reports (docs/reproduction.md)
+	set -e; for s in $(CPU_STUDIES); do \
+		$(MAKE) --no-print-directory study PRESET=configs/study/$$s.yaml TRIALS=$(or $(TRIALS),12); \
+		$(MAKE) --no-print-directory controls STUDY=$$s KNEE=1 SEEDS=$(or $(SEEDS),3); \
+		$(MAKE) --no-print-directory report STUDY=$$s; \
+	done
 
 bench: install  ## side-by-side speed figures, written to docs/benchmarks.md
 	$(PY) -m adprune_core.bench --out docs/benchmarks.md

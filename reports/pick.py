@@ -69,9 +69,11 @@ def default_out_dir(runs_dir: str | Path, study: str, number: int) -> Path:
 
 # --- choosing ------------------------------------------------------------------------------------
 
-def knee_choice(view: StudyView) -> tuple[FrozenTrial, Knee]:
-    """The knee of the study's Pareto trials on val_top1 vs compression of the size it minimises."""
-    front = view.pareto
+def knee_choice(view: StudyView, pruned_only: bool = False) -> tuple[FrozenTrial, Knee]:
+    """The knee of the study's Pareto trials on val_top1 vs compression of the size it minimises; with
+    ``pruned_only``, of those that pruned (the controls' knee: the baseline has nothing to control)."""
+    front = [t for t in view.pareto if not pruned_only or (not t.user_attrs.get("baseline")
+                                                           and t.user_attrs["final"].get("prune_rounds"))]
     if not front:
         raise ADPruneError(f"study {view.name!r} has no COMPLETE feasible trial, so no Pareto front to find a knee "
                            "on; run more trials (make study) or pick one with --trial")

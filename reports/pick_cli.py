@@ -74,7 +74,8 @@ def _control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default=None, help="study name (default: the store's only study)")
     p.add_argument("--trial", type=int, action="append", default=None,
                    help="a COMPLETE, pruned trial to control (repeat for several)")
-    p.add_argument("--knee", action="store_true", help="control the knee of the accuracy/compression front")
+    p.add_argument("--knee", action="store_true",
+                   help="control the knee of the accuracy/compression front of the pruned Pareto trials")
     p.add_argument("--picks", action="store_true", help="control every trial picked with adprune pick")
     p.add_argument("--uniform", action="store_true",
                    help="also train a uniform-width network with the trial's final FLOPs (same as adding uniform "
@@ -106,13 +107,17 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
         raise ADPruneError(f"--trial N is required (make control TRIAL=n), or one of --knee / --picks (make controls "
                            f"KNEE=1); the Pareto trials of study {view.name!r}: {view.pareto_numbers()}")
     if args.knee:
-        return [knee_choice(view)[0]]
+        return [knee_choice(view, pruned_only=True)[0]]
     if args.picks:
-        numbers = sorted(picked_trials(mlflow_client(view.stores), view.name))
-        if not numbers:
-            raise ADPruneError(f"study {view.name!r} has no picked trials; pick one first (make pick STUDY={view.name} "
-                               "KNEE=1 or TRIAL=n), or name trials with TRIAL=n / KNEE=1")
-        return [completed_trial(view, n) for n in numbers]
+        picked = [completed_trial(view, n) for n in sorted(picked_trials(mlflow_client(view.stores), view.name))]
+        pruned = [t for t in picked if not t.user_attrs.get("baseline") and t.user_attrs["final"].get("prune_rounds")]
+        for t in picked:
+            if t not in pruned:
+                print(f"note: picked trial {t.number} never pruned (dense): it has no controls", flush=True)
+        if not pruned:
+            raise ADPruneError(f"study {view.name!r} has no picked pruned trial; pick one first (make pick "
+                               f"STUDY={view.name} TRIAL=n), or name trials with TRIAL=n / KNEE=1")
+        return pruned
     return [completed_trial(view, n) for n in dict.fromkeys(args.trial)]
 
 

@@ -84,14 +84,18 @@ def new_width(density: float, width: int, *, width_scale: float = 1.0, min_chann
     return min(width, target)
 
 
+def channels_at_threshold(channel_densities: Sequence[float], threshold: float) -> int:
+    """How many channels have a density of at least ``threshold`` (float noise forgiven)."""
+    return sum(1 for d in channel_densities if d >= threshold - _EPS)
+
+
 def threshold_width(channel_densities: Sequence[float], threshold: float, *, min_channels: int = 1,
                     round_to: int = 1) -> int:
     """The width of a group that keeps its channels whose density is at least ``threshold``: their count,
     at least ``min_channels``, rounded up to a multiple of ``round_to``, never above the current width."""
-    width = len(channel_densities)
-    count = sum(1 for d in channel_densities if d >= threshold - _EPS)
+    count = channels_at_threshold(channel_densities, threshold)
     target = math.ceil(max(min_channels, count) / round_to) * round_to
-    return min(width, target)
+    return min(len(channel_densities), target)
 
 
 def combine_counts(counts: Sequence[ChannelCounts], rule: str) -> tuple[float, list[float]]:

@@ -418,7 +418,7 @@ def plan_cut(state: _State, cfg: Config, counts: dict[str, ChannelCounts], epoch
         elif p.width_rule == "threshold":
             keep = policy.threshold_width(per_channel, p.channel_threshold, min_channels=p.min_channels,
                                           round_to=p.round_to)
-            decision["at_threshold"] = sum(1 for d in per_channel if d >= p.channel_threshold)
+            decision["at_threshold"] = policy.channels_at_threshold(per_channel, p.channel_threshold)
         else:
             keep = policy.new_width(density, g.width, width_scale=p.width_scale,
                                     min_channels=p.min_channels, round_to=p.round_to)

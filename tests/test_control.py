@@ -3,6 +3,7 @@ end (scratch, uniform, random channels, repeat), resumed, and read back by the r
 
 import io
 import json
+import re
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -188,13 +189,26 @@ def test_finished_controls_are_skipped_and_the_report_shows_their_spread(tiny, c
     assert "## Controls: did the method's choices matter?" in md and " ± " in md
 
 
+def test_knee_controls_the_knee_of_the_pruned_pareto_trials(tiny, controlled, monkeypatch, capsys):
+    assert adprune(monkeypatch, "control", "--runs-dir", str(tiny.runs), "--study", NAME, "--knee",
+                   "--kinds", "scratch") == 0
+    out = capsys.readouterr().out
+    (number,) = {int(m) for m in re.findall(r"scratch control of trial (\d+), seed 0", out)}
+    trial = optuna.load_study(study_name=NAME, storage=optuna_uri(tiny.runs)).trials[number]
+    assert not trial.user_attrs.get("baseline") and trial.user_attrs["final"]["prune_rounds"] > 0
+
+
 @pytest.mark.parametrize(("which", "needle"), [
     ("baseline", "is the dense baseline: it has no pruned architecture to retrain"),
     ("failed", "is FAIL"),
     ("none", "--trial N is required (make control TRIAL=n)"),
+    ("kinds", "--kinds: 'scratch,bogus' must name control kinds from scratch, uniform, random, repeat"),
+    ("seeds", "--seeds: 0 must be >= 1"),
 ])
 def test_bad_controls_are_one_line_errors(tiny, capsys, monkeypatch, which, needle):
-    number = {"baseline": ["--trial", "0"], "failed": ["--trial", str(tiny.failed)], "none": []}[which]
+    pruned = ["--trial", str(tiny.pruned)]
+    number = {"baseline": ["--trial", "0"], "failed": ["--trial", str(tiny.failed)], "none": [],
+              "kinds": [*pruned, "--kinds", "scratch,bogus"], "seeds": [*pruned, "--seeds", "0"]}[which]
     assert adprune(monkeypatch, "control", "--runs-dir", str(tiny.runs), *number) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("adprune: error: ") and len(err.splitlines()) == 1 and needle in err

@@ -11,6 +11,7 @@ from torch import nn
 from adprune_core import policy, trainer
 from adprune_core.config import load_config
 from adprune_core.data import DeviceLoader, load_dataset
+from adprune_core.errors import ConfigError
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
 from adprune_core.recalibrate import recalibrate_batchnorm
@@ -174,3 +175,21 @@ def test_test_top1_is_measured_once_at_the_end_on_the_untouched_test_split():
     no_holdout = train(tiny_config("train.epochs=1", "prune.schedule=none")).summary
     assert no_holdout["dataset"]["val_split"] == "the dataset's evaluation split"
     assert no_holdout["final"]["test_top1"] == no_holdout["final"]["val_top1"]
+
+
+# --- width_plan: another run's widths, other channels ------------------------------------------------------------
+
+def test_a_width_plan_replays_a_residual_networks_widths_with_other_channels():
+    cfg = tiny_config("model.name=resnet18", "train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1,2]",
+                      "prune.width_scale=0.9")
+    trial = train(cfg).summary
+    plan = {e["epoch"]: {g: len(kept) for g, kept in e["kept_idxs"].items()} for e in trial["prune_events"]}
+    replay_cfg = cfg.replace(prune=dataclasses.replace(cfg.prune, select="random", width_rule="threshold",
+                                                       min_gain=0.0))
+    replay = train(replay_cfg, width_plan=plan).summary
+    assert [e["widths_after"] for e in replay["prune_events"]] == [e["widths_after"] for e in trial["prune_events"]]
+    assert replay["final"]["flops"] == trial["final"]["flops"] and replay["width_plan"] == {
+        str(e): w for e, w in plan.items()}
+    assert replay["prune_events"][0]["kept_idxs"] != trial["prune_events"][0]["kept_idxs"]
+    with pytest.raises(ConfigError, match=r"width_plan: replaying widths at epochs \[1, 2\] needs prune.sched"):
+        train(cfg.replace(prune=dataclasses.replace(cfg.prune, epochs=(1,))), width_plan=plan)

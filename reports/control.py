@@ -12,6 +12,8 @@ validation split, and ``train.seed`` = each of the requested seeds (default: the
 - **random**: the trial's run replayed with its own prune epochs and widths (``train(..., width_plan=...)``
   from the pruning history in ``model.json``) but the kept channels chosen at random
   (``prune.select=random``, ``prune.channel_density_min=0``): does choosing channels by density matter?
+  (Not run for a trial with ``prune.transfer=reinit``: re-initialised at every cut, its channel choice
+  cannot matter.)
 - **repeat**: the trial's own config with another seed (a repeat at the trial's own seed is the trial
   itself and is not run): the spread of pruning in training.
 
@@ -218,7 +220,8 @@ def plan_controls(trial: FrozenTrial, arch: Mapping[str, Any], kinds: Sequence[s
                   match: WidthMatch | None = None) -> list[ControlJob]:
     """The controls to train for ``kinds`` x ``seeds`` (by kind, then seed); ``arch``: the trial's ``model.json``;
     ``match``: the uniform control's width (``plan_uniform``), needed when ``uniform`` is asked for. A repeat
-    at the trial's own seed is the trial itself and is left out."""
+    at the trial's own seed is the trial itself and is left out, and so is the random control of a trial that
+    re-initialises at its cuts (``prune.transfer=reinit``: its channel choice cannot matter)."""
     unknown = [k for k in kinds if k not in CONTROL_KINDS]
     if unknown:
         raise ADPruneError(f"--kinds: unknown control kind {unknown[0]!r}; known: {', '.join(CONTROL_KINDS)}")
@@ -234,6 +237,8 @@ def plan_controls(trial: FrozenTrial, arch: Mapping[str, Any], kinds: Sequence[s
                     raise ValueError("the uniform control needs its width_match")
                 jobs.append(ControlJob(kind, seed, control_config(config, match.width_mult, seed), width_match=match))
             elif kind == "random":
+                if config["prune"]["transfer"] == "reinit":
+                    continue  # re-initialised at every cut: which channels it kept cannot matter
                 if not plan:
                     raise ADPruneError(f"trial {trial.number}'s model.json has no pruning history to replay; the "
                                        "random control needs it (re-run the trial with this version)")
@@ -256,6 +261,9 @@ def run_controls(view: StudyView, trial: FrozenTrial, client: Any, kinds: Sequen
         log(f"uniform control: width_mult {match.width_mult:.4g} gives {match.flops:,} FLOPs, "
             f"{match.relative_error:+.2%} from the trial's {match.target_flops:,} ({match.evaluations} networks built)")
     jobs = plan_controls(trial, arch, kinds, seeds, match)
+    if "random" in kinds and trial.user_attrs["config"]["prune"]["transfer"] == "reinit":
+        log(f"no random control: trial {trial.number} re-initialises the network at every cut (prune.transfer=reinit), "
+            "so which channels it keeps cannot matter")
     done = {} if again else finished_controls(view, trial.number, client)
     data = None
     results = []

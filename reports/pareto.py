@@ -41,8 +41,7 @@ CONTROL_LABELS = {"scratch": "scratch: the final widths, trained from scratch",
                   "uniform": "uniform: one width multiplier, the same FLOPs",
                   "random": "random: the same widths at the same epochs, channels chosen at random",
                   "repeat": "pruned in training: the trial's config over seeds (the trial + repeats)"}
-CONTROL_QUESTIONS = {"scratch": "does inheriting the weights (pruning in training) beat training the final "
-                                "architecture from scratch?",
+CONTROL_QUESTIONS = {"scratch": "does pruning in training beat training its final architecture from scratch?",
                      "uniform": "does the per-layer sizing beat a uniform width of the same FLOPs?",
                      "random": "does the trial's channel choice beat random channels at the same widths?"}
 

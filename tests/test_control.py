@@ -11,15 +11,22 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from adprune_core.config import ModelConfig
+from adprune_core.config import ModelConfig, config_to_dict
 from adprune_core.costs import inference_flops
 from adprune_core.errors import ConfigError
 from adprune_core.models import build_model
-from reports.control import CONTRACT_METRICS, control_config, match_flops, uniform_width_mult
+from reports.control import (
+    CONTRACT_METRICS,
+    WidthMatch,
+    control_config,
+    match_flops,
+    plan_controls,
+    uniform_width_mult,
+)
 from reports.load import load_study_data
 from reports.render import render_markdown
 from reports.report import build_report
-from tests.helpers import optuna_uri, tracking_uri
+from tests.helpers import optuna_uri, tiny_config, tracking_uri
 from tests.pick_study import NAME, adprune, build
 
 
@@ -77,6 +84,33 @@ def test_control_config_turns_pruning_off_and_keeps_the_rest():
     assert cfg.train.epochs == 7 and cfg.train.seed == 3 and cfg.model.width_mult == 0.5
     assert control_config(trial, width_mult=0.2).model.width_mult == 0.2
     assert trial["prune"]["schedule"] == "fixed"  # not mutated
+
+
+def test_plan_controls_kinds_by_seed_and_what_is_left_out():
+    class Trial:
+        number = 5
+
+        def __init__(self, transfer):
+            cfg = tiny_config("train.epochs=4", "prune.schedule=fixed", "prune.epochs=[1,2]", "train.seed=7",
+                              f"prune.transfer={transfer}")
+            self.user_attrs = {"config": config_to_dict(cfg)}
+
+    arch = {"group_widths": {"features.0": 3}, "history": [{"epoch": 1, "kept_idxs": {"features.0": [0, 2, 5, 6]}},
+                                                           {"epoch": 2, "kept_idxs": {"features.0": [1, 2, 3]}}]}
+    match = WidthMatch(0.05, 100, 101, 9)
+    jobs = plan_controls(Trial("inherit"), arch, ["repeat", "random", "scratch", "uniform"], [7, 8], match)
+    assert [(j.kind, j.seed) for j in jobs] == [("scratch", 7), ("scratch", 8), ("uniform", 7), ("uniform", 8),
+                                                ("random", 7), ("random", 8), ("repeat", 8)]  # repeat 7: the trial
+    assert all(j.cfg.train.seed == j.seed for j in jobs)
+    scratch, uniform, random_, repeat = jobs[0], jobs[2], jobs[4], jobs[6]
+    assert scratch.init_widths == {"features.0": 3} and scratch.cfg.prune.schedule == "none"
+    assert uniform.cfg.model.width_mult == 0.05 and uniform.cfg.prune.schedule == "none"
+    assert random_.width_plan == {1: {"features.0": 4}, 2: {"features.0": 3}}
+    p = random_.cfg.prune
+    assert (p.schedule, p.epochs, p.select, p.min_gain, p.channel_density_min) == ("fixed", (1, 2), "random", 0, 0)
+    assert repeat.cfg.prune.select == "density" and repeat.width_plan is None
+    reinit = plan_controls(Trial("reinit"), arch, ["random", "scratch"], [7], match)
+    assert [j.kind for j in reinit] == ["scratch"]  # re-initialised at every cut: its channel choice cannot matter
 
 
 @pytest.fixture(scope="module")

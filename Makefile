@@ -9,6 +9,7 @@ OUT    ?=
 SET    ?=
 
 # make study / make ui (docs/study.md)
+PRESET   ?=
 DATASET  ?= synthetic
 MODEL    ?=
 TRIALS   ?=
@@ -40,8 +41,16 @@ ifneq ($(DB),)
 export ADPRUNE_MLFLOW_BACKEND := $(DB)
 endif
 
-.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control bench bench-study \
-	snapshots snapshots-clean clean
+# make control / make controls (docs/pick.md)
+KINDS    ?=
+SEEDS    ?=
+ALL_KINDS := scratch,uniform,random,repeat
+comma    := ,
+# make cpu-study (docs/reproduction.md)
+CPU_STUDIES ?= cifar10jpeg-cpu-vgg19 cifar10jpeg-cpu-resnet18
+
+.PHONY: install test test-slow lint train study worker mlflow-server ui report pick control controls cpu-study bench \
+	bench-study snapshots snapshots-clean clean
 
 install: $(STAMP)
 
@@ -64,8 +73,8 @@ lint: install
 train: install  ## make train [CONFIG=configs/smoke.yaml] [OUT=dir] [SET="train.epochs=3 data.name=cifar10"]
 	$(VENV)/bin/adprune train --config $(CONFIG) $(if $(OUT),--out $(OUT)) $(foreach s,$(SET),--set $(s))
 
-study: install  ## make study [DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder] [MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k] [STORAGE=url TRACKING=uri] [SHARE=0] [SNAPSHOT_GB=g]
-	$(VENV)/bin/adprune study --dataset $(DATASET) --runs-dir $(RUNS_DIR) $(if $(MODEL),--model $(MODEL)) \
+study: install  ## make study [PRESET=configs/study/x.yaml | DATASET=synthetic|cifar10|cifar100|tinyimagenet|imagefolder MODEL=vgg19|resnet18] [TRIALS=N] [EPOCHS=E] [STUDY=name] [DATA=path] [SEED=s] [RUNS_DIR=runs] [WORKERS=k | GPUS=0,1 WORKERS_PER_GPU=k] [STORAGE=url TRACKING=uri] [SHARE=0] [SNAPSHOT_GB=g]
+	$(VENV)/bin/adprune study --dataset $(DATASET) --runs-dir $(RUNS_DIR) $(if $(PRESET),--config $(PRESET)) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(TRIALS),--trials $(TRIALS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(STUDY),--name $(STUDY)) \
 		$(if $(DATA),--data $(DATA)) $(if $(SEED),--seed $(SEED)) $(foreach s,$(SET),--set $(s)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(if $(GPUS),--gpus $(GPUS)) \
@@ -90,9 +99,21 @@ pick: install  ## make pick STUDY=name (TRIAL=n | KNEE=1) [OUT=dir]: register an
 	$(VENV)/bin/adprune pick --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY)) $(if $(TRIAL),--trial $(TRIAL)) \
 		$(if $(KNEE),--knee) $(if $(OUT),--out $(OUT))
 
-control: install  ## make control STUDY=name TRIAL=n [UNIFORM=1]: retrain the pick's architecture from scratch
+control: install  ## make control STUDY=name TRIAL=n [UNIFORM=1] [KINDS=scratch,uniform,random,repeat] [SEEDS=k]: a trial's controls
 	$(VENV)/bin/adprune control --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY)) $(if $(TRIAL),--trial $(TRIAL)) \
-		$(if $(UNIFORM),--uniform)
+		$(if $(UNIFORM),--uniform) $(if $(KINDS),--kinds $(KINDS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+controls: install  ## make controls STUDY=name [SEEDS=3] [KINDS=scratch,uniform,random,repeat] [TRIAL=n,m | KNEE=1]: the controls of the picks (default: the picked trials) over seeds; resumable
+	$(VENV)/bin/adprune control --runs-dir $(RUNS_DIR) $(if $(STUDY),--study $(STUDY)) \
+		$(if $(TRIAL),$(foreach t,$(subst $(comma), ,$(TRIAL)),--trial $(t)),$(if $(KNEE),--knee,--picks)) \
+		--kinds $(or $(KINDS),$(ALL_KINDS)) --seeds $(or $(SEEDS),3)
+
+cpu-study: install  ## make cpu-study [TRIALS=12] [SEEDS=3] [CPU_STUDIES="cifar10jpeg-cpu-vgg19 ..."]: the real-data CPU studies, their controls and reports (docs/reproduction.md)
+	set -e; for s in $(CPU_STUDIES); do \
+		$(MAKE) --no-print-directory study PRESET=configs/study/$$s.yaml TRIALS=$(or $(TRIALS),12); \
+		$(MAKE) --no-print-directory controls STUDY=$$s KNEE=1 SEEDS=$(or $(SEEDS),3); \
+		$(MAKE) --no-print-directory report STUDY=$$s; \
+	done
 
 bench: install  ## side-by-side speed figures, written to docs/benchmarks.md
 	$(PY) -m adprune_core.bench --out docs/benchmarks.md

@@ -48,7 +48,8 @@ def _run_train(args: argparse.Namespace) -> int:
         Path("runs/train") / f"{cfg.model.name.replace(':', '-')}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = train(cfg, out)
     final = result.summary["final"]
-    print(f"{final['status']}: val_top1 {final['val_top1']:.4f}, params {final['params']:,} "
+    test = f", test_top1 {final['test_top1']:.4f}" if "test_top1" in final else ""
+    print(f"{final['status']}: val_top1 {final['val_top1']:.4f}{test}, params {final['params']:,} "
           f"({final['compression_params']:.1f}x smaller), flops {final['flops']:,} "
           f"({final['compression_flops']:.1f}x fewer), train compute {final['train_flops_cum']:.3e} FLOPs")
     print(f"wrote {out / 'summary.json'} and {out / 'model'}")

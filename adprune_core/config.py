@@ -40,8 +40,14 @@ class DataConfig:
     name: str = _opt("synthetic", "dataset: cifar10, cifar100, tinyimagenet, imagefolder, synthetic")
     root: str = _opt("", f"where the data lives (folder or zip); empty = ${DATA_ROOT_ENV} or ./data")
     download: bool = _opt(True, "download cifar/tinyimagenet when missing and online")
-    train_size: int = _opt(0, "training images to use: 0 = all (synthetic: 2000)", lo=0)
-    val_size: int = _opt(0, "validation images to use: 0 = all (synthetic: 500)", lo=0)
+    train_size: int = _opt(0, "images of the dataset's training split to use, the held-out ones included: 0 = all "
+                              "(synthetic: 2000)", lo=0)
+    val_size: int = _opt(0, "images of the dataset's own evaluation split (test/ or val/) to use: 0 = all "
+                            "(synthetic: 500)", lo=0)
+    holdout: float = _opt(0.0, "fraction of the training images held out (seeded by data.seed, class-balanced) as the "
+                               "validation split val_top1 measures, the dataset's evaluation split then measuring "
+                               "test_top1 only; 0 = none: val_top1 is the evaluation split (single runs; studies "
+                               "default to 0.1)", lo=0.0, hi=0.5)
     num_classes: int = _opt(10, "synthetic only: number of classes", lo=2)
     image_size: int = _opt(32, "synthetic only: image side in pixels", lo=8)
     augment: bool = _opt(True, "random crop with padding and horizontal flip on training batches")
@@ -112,6 +118,14 @@ class PruneConfig:
                          choices=("inherit", "reinit"))
     group_density: str = _opt("mean", "combine densities of a residual group: mean (pooled) or max",
                               choices=("mean", "max"))
+    width_rule: str = _opt("ad", "how wide a group stays: ad (ceil(width_scale * density * width)) or threshold "
+                                 "(its channels whose density >= prune.channel_threshold)",
+                           choices=("ad", "threshold"))
+    channel_threshold: float = _opt(0.1, "width_rule threshold: a channel counts if its density is at least this",
+                                    lo=0.0, hi=1.0)
+    bn_recalibrate: bool = _opt(True, "after each cut, re-estimate batch-norm statistics on prune.bn_images training "
+                                      "images (train mode, no weight update; cost counted in train_flops_cum)")
+    bn_images: int = _opt(512, "training images (seeded, unaugmented) for prune.bn_recalibrate", lo=1)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Image datasets as in-memory uint8 tensors, and a batch loader that augments on the device.
 
-- ``load_dataset(cfg)`` returns an ``ImageData``: train/val images as (N, 3, H, W) uint8 CPU tensors,
-  int64 labels, class names, and the per-channel mean/std of the training images. The dataset is
-  chosen by ``cfg.name`` through the ``DATASETS`` registry (cifar10, cifar100, tinyimagenet,
-  imagefolder, synthetic); ``cfg.train_size``/``cfg.val_size`` then pick a seeded, class-balanced subset.
+- ``load_dataset(cfg)`` returns an ``ImageData``: train/val (and, with a held-out split, test) images as
+  (N, 3, H, W) uint8 CPU tensors, int64 labels, class names, and the per-channel mean/std of the training
+  images. The dataset is chosen by ``cfg.name`` through the ``DATASETS`` registry (cifar10, cifar100,
+  tinyimagenet, imagefolder, synthetic); ``cfg.train_size``/``cfg.val_size`` then pick a seeded,
+  class-balanced subset, and ``cfg.holdout`` holds a seeded, class-balanced fraction of the training
+  images out as the validation split (the dataset's own evaluation split becomes the test split).
 - ``DeviceLoader`` moves those uint8 tensors to the device once and yields normalised float32 batches;
   shuffling, random crop and flip are vectorised over the batch, with no per-image Python work and no
   host-device sync per batch.
@@ -50,6 +52,10 @@ class ImageData:
     Images are (N, 3, H, W) uint8 CPU tensors, labels (N,) int64 in [0, num_classes); ``classes[k]``
     names label k. ``mean``/``std`` are per-channel statistics of the training images scaled to [0, 1].
     The tensors may be shared with the in-process cache: treat them as read-only.
+
+    ``val_*`` is the split ``val_top1`` measures. ``test_*`` is set only when ``val_*`` was held out of the
+    training images (``data.holdout``): it is then the dataset's own evaluation split, which only
+    ``test_top1`` reads. Without it (``test_images is None``) ``val_*`` *is* that evaluation split.
     """
 
     name: str
@@ -60,6 +66,13 @@ class ImageData:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+    @property
+    def held_out(self) -> bool:
+        """Whether ``val_*`` was held out of the training images (and ``test_*`` is the evaluation split)."""
+        return self.test_images is not None
 
     @property
     def num_classes(self) -> int:
@@ -72,7 +85,8 @@ class ImageData:
         return (c, h, w)
 
     def __repr__(self) -> str:
-        return (f"ImageData({self.name!r}, train={len(self.train_labels)}, val={len(self.val_labels)}, "
+        test = f", test={len(self.test_labels)}" if self.test_labels is not None else ""
+        return (f"ImageData({self.name!r}, train={len(self.train_labels)}, val={len(self.val_labels)}{test}, "
                 f"image_shape={self.image_shape}, num_classes={self.num_classes})")
 
 
@@ -80,10 +94,13 @@ DATASETS: Registry[Callable[[DataConfig], ImageData]] = Registry("dataset", "dat
 
 
 def load_dataset(cfg: DataConfig) -> ImageData:
-    """Load ``cfg.name`` and keep ``cfg.train_size``/``cfg.val_size`` images of each split (0 = all).
+    """Load ``cfg.name``, keep ``cfg.train_size``/``cfg.val_size`` images of each split (0 = all), then hold
+    ``cfg.holdout`` of the kept training images out as the validation split (``hold_out``).
 
     The subsets are random but fixed by ``cfg.seed`` and as class-balanced as the labels allow;
-    mean/std stay those of the full training set. Asking for more images than a split has is a DataError.
+    mean/std stay those of the full training set (pixel statistics, no labels; the evaluation split never
+    contributes). Asking for more images than a split has is a DataError. The registry's (cached) tensors
+    are never modified: every subset is a new tensor.
     """
     data = DATASETS.get(cfg.name)(cfg)
     picked = {}
@@ -96,7 +113,35 @@ def load_dataset(cfg: DataConfig) -> ImageData:
             idx = _balanced_subset(labels, size, _derive_seed(cfg.seed, stream))
             picked[f"{split}_images"] = images[idx].contiguous()
             picked[f"{split}_labels"] = labels[idx]
-    return replace(data, **picked) if picked else data
+    data = replace(data, **picked) if picked else data
+    return hold_out(data, cfg.holdout, cfg.seed) if cfg.holdout > 0 else data
+
+
+HOLDOUT_STREAM = 3  # _derive_seed stream of the held-out split (1 and 2 pick the subsets)
+
+
+def hold_out(data: ImageData, fraction: float, seed: int) -> ImageData:
+    """``data`` with ``round(fraction * N)`` of its N training images moved to a validation split.
+
+    The held-out images are drawn at random, fixed by ``seed``, round-robin over the classes
+    (``_balanced_subset``: class counts differ by at most one while a class has images left); the rest
+    stay training images, in their order. ``data``'s validation split becomes the test split. ``data``
+    is not modified. A DataError when either part would be empty.
+    """
+    if data.held_out:
+        raise ValueError("hold_out: this data already has a held-out validation split")
+    n = len(data.train_labels)
+    size = math.floor(fraction * n + 0.5)
+    if not 0 < size < n:
+        raise DataError(f"data.holdout: {fraction} of {n} training images of {data.name} holds out {size}; "
+                        "both the held-out and the training part need at least one image: use a fraction in "
+                        "(0, 0.5] of a larger data.train_size, or 0 for no held-out split")
+    val_idx = _balanced_subset(data.train_labels, size, _derive_seed(seed, HOLDOUT_STREAM))
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    return replace(data, train_images=data.train_images[keep].contiguous(), train_labels=data.train_labels[keep],
+                   val_images=data.train_images[val_idx].contiguous(), val_labels=data.train_labels[val_idx],
+                   test_images=data.val_images, test_labels=data.val_labels)
 
 
 # --- the device loader -----------------------------------------------------------------------------

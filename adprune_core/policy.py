@@ -13,8 +13,11 @@ All schedules stop after ``max_rounds`` prunes, never prune after the last epoch
 retrain the cut network), and stop for good once a round would remove less than ``min_gain`` of
 the parameters (the trainer checks that with ``worth_pruning``).
 
-How wide: ``new_width`` = max(min_channels, ceil(width_scale * density * width)), rounded up to a
-multiple of ``round_to``, never above the current width.
+How wide (``prune.width_rule``): ``ad``: ``new_width`` = max(min_channels, ceil(width_scale * density *
+width)), rounded up to a multiple of ``round_to``, never above the current width; ``threshold``:
+``threshold_width`` = the number of the group's channels whose density is at least
+``prune.channel_threshold`` (as activation-based pruners such as Hu et al.'s APoZ do), with the same
+floor, rounding and cap.
 
 Residual groups: channels tied through additions pass through several activations. Their
 densities combine (``prune.group_density``) as ``mean``: pooled counts, i.e. non-zero outputs over
@@ -103,6 +106,20 @@ def new_width(density: float, width: int, *, width_scale: float = 1.0, min_chann
     target = max(min_channels, math.ceil(width_scale * density * width - _EPS))
     target = math.ceil(target / round_to) * round_to
     return min(width, target)
+
+
+def channels_at_threshold(channel_densities: Sequence[float], threshold: float) -> int:
+    """How many channels have a density of at least ``threshold`` (float noise forgiven)."""
+    return sum(1 for d in channel_densities if d >= threshold - _EPS)
+
+
+def threshold_width(channel_densities: Sequence[float], threshold: float, *, min_channels: int = 1,
+                    round_to: int = 1) -> int:
+    """The width of a group that keeps its channels whose density is at least ``threshold``: their count,
+    at least ``min_channels``, rounded up to a multiple of ``round_to``, never above the current width."""
+    count = channels_at_threshold(channel_densities, threshold)
+    target = math.ceil(max(min_channels, count) / round_to) * round_to
+    return min(len(channel_densities), target)
 
 
 def combine_counts(counts: Sequence[ChannelCounts], rule: str) -> tuple[float, list[float]]:

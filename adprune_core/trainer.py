@@ -3,13 +3,22 @@
 Each epoch (1-based):
 1. train on every batch (SGD; learning rate per step on the global epoch clock), while the
    ``DensityMeter`` counts non-zero activations of the same forward passes;
-2. evaluate top-1 on the validation set;
+2. evaluate top-1 on the validation split (``val_top1``: the images held out of training with
+   ``data.holdout``, else the dataset's evaluation split);
 3. record the epoch: losses, accuracies, layer densities, widths, params, FLOPs, compute, time;
 4. ask the policy whether to prune; if so, plan new widths and kept channels from this epoch's
-   densities, cut a copy of the network, and keep the cut only if it removes at least
-   ``prune.min_gain`` of the parameters (else pruning ends for the run);
+   densities, detach the meter, cut a copy of the network (so the copy carries no density hooks), and
+   keep the cut only if it removes at least ``prune.min_gain`` of the parameters (else pruning ends for
+   the run and the meter goes back on the uncut network);
 5. after a cut: rebuild the optimizer (carrying momentum for kept channels under ``inherit``, or
-   re-initialising the network under ``reinit``), re-attach the meter, re-measure costs.
+   re-initialising the network under ``reinit``), re-estimate the batch-norm statistics
+   (``prune.bn_recalibrate``, ``adprune_core.recalibrate``; its forward passes are counted in
+   ``train_flops_cum``), measure ``val_top1_after_cut`` (and, with recalibration, the same before it:
+   ``bn_recalibration.val_top1_before``), attach a new meter, re-measure costs.
+
+After the last epoch, ``test_top1`` is measured once on the dataset's evaluation split when the
+validation split was held out of training (else it equals the last ``val_top1``: the same images).
+Nothing in the loop, and no callback, sees it before the run ends.
 
 Callbacks (``Callback``) see every epoch record and prune event; ``on_epoch_end`` may return a
 reason string to stop the run early (status ``stopped``). A loss that is not finite ends the run
@@ -48,7 +57,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adprune_core import checkpoint, costs, interrupts, policy, snapshots
+from adprune_core import checkpoint, costs, interrupts, policy, recalibrate, snapshots
 from adprune_core.config import Config, TrainConfig, config_to_dict
 from adprune_core.data import DeviceLoader, ImageData, load_dataset
 from adprune_core.density import ChannelCounts, DensityMeter
@@ -69,6 +78,7 @@ from adprune_core.surgery import (
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 EVAL_BATCH = 512
+BN_SEED_STRIDE = 1_000_003  # the BN-recalibration images of epoch e: generator seed train.seed * stride + e
 
 
 class Callback(Protocol):
@@ -161,6 +171,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[Any] = (),
           data: ImageData | None = None, init_widths: Mapping[str, int] | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False,
+          width_plan: Mapping[int, Mapping[str, int]] | None = None,
           sharing: snapshots.Sharing | None = None) -> TrainResult:
     """Train ``cfg``'s network with density pruning; write ``summary.json`` and the network to
     ``out_dir`` when given. ``data`` may be passed to reuse an already loaded dataset.
@@ -168,6 +179,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
     ``init_widths`` (group -> channels, as in a saved network's ``model.json``) starts training from
     that smaller architecture, freshly initialised: the "scratch" control of a pruned network.
     ``params_dense``/``flops_dense`` still describe the dense network of ``cfg.model``.
+
+    ``width_plan`` (epoch -> group -> channels) replays another run's widths: at each of its epochs the
+    groups are cut to exactly those widths, whichever rule ``prune.width_rule`` names, while
+    ``prune.select`` still chooses *which* channels stay (the "same widths, random channels" control).
+    It needs ``prune.schedule=fixed`` with ``prune.epochs`` = the plan's epochs (a ``ConfigError`` otherwise).
 
     ``checkpoint_dir``: write a checkpoint there after every epoch (see the module docstring).
     ``resume``: continue from the checkpoint there if there is one (the summary then says
@@ -190,6 +206,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                               f"({'; '.join(mismatch[:5])}); resume with the same config, or train without resume")
     elif ckpt_dir is not None:
         checkpoint.remove_checkpoint(ckpt_dir)  # a fresh run never leaves an older run's checkpoint to resume
+    plan = _check_width_plan(cfg, width_plan)
     data = data or load_dataset(cfg.data)
     if sharing is not None and init_widths:
         raise ValueError("a run that starts from init_widths shares no prefix with anyone: pass no sharing")
@@ -228,6 +245,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                                "epochs": [], "prune_events": [], "final": {}}
     if fork_skipped:
         summary["fork_skipped"] = fork_skipped
+    if plan:
+        summary["width_plan"] = {str(e): dict(w) for e, w in plan.items()}
     with interrupts.deferred():  # Ctrl-C stops after a step, never inside a checkpoint or a callback
         status, stop_reason = "completed", None
         if saved is not None:
@@ -259,7 +278,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                 if not math.isfinite(train_loss):
                     status = "diverged"
                 elif _due(cfg, state, epoch):
-                    state, event = _prune(state, cfg, data, counts, densities, epoch, example)
+                    state, event = _prune(state, cfg, data, counts, densities, epoch, example,
+                                          _Cut(val_loader, amp_dtype, plan.get(epoch)))
                     if event is not None:
                         summary["prune_events"].append(event)
                         for cb in callbacks:
@@ -284,6 +304,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
             bar.close()
             state.meter.remove()
 
+        if summary["final"].get("status") in ("completed", "stopped"):
+            summary["final"]["test_top1"] = _test_top1(state, data, summary["final"], amp_dtype, layout)
         if out is not None:
             save_model(out / MODEL_DIR, state.model, model_cfg=cfg.model, num_classes=data.num_classes,
                        image_shape=data.image_shape, group_widths=state.graph.group_widths(),
@@ -443,36 +465,66 @@ def _due(cfg: Config, state: _State, epoch: int) -> bool:
         cfg.prune, epoch, cfg.train.epochs, state.density_history, state.last_prune_epoch, state.rounds)
 
 
-def plan_cut(state: _State, cfg: Config, counts: dict[str, ChannelCounts], epoch: int) -> dict[str, list[int]]:
-    """Group -> kept channel indices, from this epoch's counts (policy decisions only)."""
+def plan_cut(state: _State, cfg: Config, counts: dict[str, ChannelCounts], epoch: int,
+             widths: Mapping[str, int] | None = None) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
+    """(group -> kept channel indices, group -> what decided its width), from this epoch's counts
+    (policy decisions only). ``widths`` (group -> channels) overrides the width rule for those groups.
+
+    The decision record per group: ``density`` (the group density, ``prune.group_density``),
+    ``width_before``, and under ``width_rule=threshold`` ``at_threshold`` (its channels whose density is
+    at least ``prune.channel_threshold``), from which ``policy.new_width`` / ``policy.threshold_width``
+    recompute the width (``prune.channel_density_min`` may then cut below it)."""
     p = cfg.prune
-    plan = {}
+    plan, decisions = {}, {}
     for i, g in enumerate(state.graph.groups):
         group_counts = [counts[a] for a in g.activations if a in counts]
         if not group_counts:
             continue
         density, per_channel = policy.combine_counts(group_counts, p.group_density)
-        keep = policy.new_width(density, g.width, width_scale=p.width_scale,
-                                min_channels=p.min_channels, round_to=p.round_to)
+        decision: dict[str, Any] = {"density": density, "width_before": g.width}
+        if widths is not None and g.name in widths:
+            keep = min(g.width, widths[g.name])
+            decision["planned_width"] = widths[g.name]
+        elif p.width_rule == "threshold":
+            keep = policy.threshold_width(per_channel, p.channel_threshold, min_channels=p.min_channels,
+                                          round_to=p.round_to)
+            decision["at_threshold"] = policy.channels_at_threshold(per_channel, p.channel_threshold)
+        else:
+            keep = policy.new_width(density, g.width, width_scale=p.width_scale,
+                                    min_channels=p.min_channels, round_to=p.round_to)
         l1 = filter_l1_norms(state.model, g.name) if p.select == "l1" else []
         scores = policy.channel_scores(p.select, per_channel, l1, seed=cfg.train.seed * 100_003 + epoch * 1_009 + i)
         plan[g.name] = policy.select_channels(scores, keep, channel_densities=per_channel,
                                               density_min=p.channel_density_min,
                                               min_channels=p.min_channels, round_to=p.round_to)
-    return plan
+        decisions[g.name] = decision
+    return plan, decisions
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """What a cut needs besides the state: the validation loader (``val_top1_after_cut``), the autocast
+    dtype, and the widths to replay at this epoch (``train(width_plan=...)``), if any."""
+
+    val_loader: DeviceLoader
+    amp_dtype: torch.dtype | None
+    widths: Mapping[str, int] | None = None
 
 
 def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, ChannelCounts],
-           densities: dict[str, float], epoch: int, example: torch.Tensor) -> tuple[_State, dict[str, Any] | None]:
+           densities: dict[str, float], epoch: int, example: torch.Tensor,
+           cut: _Cut) -> tuple[_State, dict[str, Any] | None]:
     """Cut the network per the plan if it pays: (the new state, the prune event). When it does not pay,
     (``state`` marked ``pruning_over``, None)."""
-    plan = plan_cut(state, cfg, counts, epoch)
+    plan, decisions = plan_cut(state, cfg, counts, epoch, cut.widths)
+    state.meter.remove()  # before the copy: a deep copy would carry the meter's hooks along
     candidate = copy.deepcopy(state.model)
     if cfg.prune.transfer == "inherit":
         stash_momentum(state.model, state.optimizer, candidate)
     prune_groups(candidate, plan, example)
     params_after = costs.count_params(candidate)
     if not policy.worth_pruning(state.params, params_after, cfg.prune.min_gain):
+        state.meter = DensityMeter(state.model, state.graph.activations)  # the uncut network keeps measuring
         state.pruning_over = True
         return state, None
     optimizer = build_optimizer(candidate, cfg.train)
@@ -484,14 +536,57 @@ def _prune(state: _State, cfg: Config, data: ImageData, counts: dict[str, Channe
         reinitialize(candidate)
     widths_before = state.graph.widths()
     params_before, flops_before = state.params, state.flops
-    state.meter.remove()
     new = _new_state(candidate, cfg, data, example, optimizer, base=state)
     new.rounds += 1
     new.last_prune_epoch = epoch
+    bn: dict[str, Any] = {"images": 0, "flops": 0}
+    if cfg.prune.bn_recalibrate:
+        bn["val_top1_before"] = evaluate(new.forward, cut.val_loader, cut.amp_dtype)  # the inherited statistics
+        bn.update(_recalibrate(new, cfg, data, epoch, cut))
+    new.train_flops_cum += bn["flops"]
     return new, {"epoch": epoch, "densities": densities, "widths_before": widths_before,
                  "widths_after": new.graph.widths(), "params_before": params_before,
                  "params_after": new.params, "flops_before": flops_before, "flops_after": new.flops,
-                 "kept_idxs": plan}
+                 "kept_idxs": plan, "groups": decisions, "bn_recalibration": bn,
+                 "val_top1_after_cut": evaluate(new.forward, cut.val_loader, cut.amp_dtype)}
+
+
+def _recalibrate(state: _State, cfg: Config, data: ImageData, epoch: int, cut: _Cut) -> dict[str, int]:
+    """Re-estimate the cut network's batch-norm statistics on ``prune.bn_images`` training images, unaugmented,
+    chosen by a generator of their own (seed ``train.seed * BN_SEED_STRIDE + epoch``: the global RNG, and so
+    every later epoch, is untouched). Returns the images used and their forward FLOPs (inference FLOPs per
+    image of the cut network x images), which the caller adds to ``train_flops_cum``."""
+    n = len(data.train_labels)
+    gen = torch.Generator().manual_seed(cfg.train.seed * BN_SEED_STRIDE + epoch)
+    idx = torch.randperm(n, generator=gen)[:min(cfg.prune.bn_images, n)].sort().values
+    loader = DeviceLoader(data.train_images[idx], data.train_labels[idx], batch_size=cfg.train.batch_size,
+                          device=cut.val_loader.device, mean=data.mean, std=data.std, train=False,
+                          memory_format=cut.val_loader.memory_format)
+    images = recalibrate.recalibrate_batchnorm(state.model, loader, cut.amp_dtype)
+    return {"images": images, "flops": images * state.flops}
+
+
+def _test_top1(state: _State, data: ImageData, final: Mapping[str, Any], amp_dtype: torch.dtype | None,
+               layout: torch.memory_format) -> float:
+    """Top-1 of the final network on the dataset's evaluation split: measured here when the validation split
+    was held out of training, else the last ``val_top1`` (the same images, the same network)."""
+    if not data.held_out:
+        return float(final["val_top1"])
+    device = next(state.model.parameters()).device
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size=EVAL_BATCH, device=device,
+                          mean=data.mean, std=data.std, train=False, memory_format=layout)
+    return evaluate(state.forward, loader, amp_dtype)
+
+
+def _check_width_plan(cfg: Config, plan: Mapping[int, Mapping[str, int]] | None) -> dict[int, Mapping[str, int]]:
+    """``plan`` with int epochs, or {} without one; ConfigError unless the fixed schedule prunes exactly then."""
+    if not plan:
+        return {}
+    epochs = sorted(int(e) for e in plan)
+    if cfg.prune.schedule != "fixed" or list(cfg.prune.epochs) != epochs:
+        raise ConfigError(f"width_plan: replaying widths at epochs {epochs} needs prune.schedule=fixed and "
+                          f"prune.epochs={epochs} (got {cfg.prune.schedule}, {list(cfg.prune.epochs)}); set them so")
+    return {int(e): w for e, w in plan.items()}
 
 
 def _final(status: str, record: dict[str, Any], state: _State, dense: dict[str, int],
@@ -507,8 +602,12 @@ def _final(status: str, record: dict[str, Any], state: _State, dense: dict[str, 
 
 
 def _describe(data: ImageData) -> dict[str, Any]:
-    return {"name": data.name, "num_classes": data.num_classes, "image_shape": list(data.image_shape),
-            "train_size": int(data.train_labels.shape[0]), "val_size": int(data.val_labels.shape[0])}
+    desc = {"name": data.name, "num_classes": data.num_classes, "image_shape": list(data.image_shape),
+            "train_size": int(data.train_labels.shape[0]), "val_size": int(data.val_labels.shape[0]),
+            "val_split": "held out of the training images" if data.held_out else "the dataset's evaluation split"}
+    if data.test_labels is not None:
+        desc["test_size"] = int(data.test_labels.shape[0])
+    return desc
 
 
 def _log(bar: tqdm, cfg: Config, record: dict[str, Any], events: list[dict[str, Any]]) -> None:
@@ -517,7 +616,8 @@ def _log(bar: tqdm, cfg: Config, record: dict[str, Any], events: list[dict[str, 
     pruned = ""
     if events and events[-1]["epoch"] == record["epoch"]:
         e = events[-1]
-        pruned = f"  pruned: params {e['params_before'] / 1e6:.2f}M -> {e['params_after'] / 1e6:.2f}M"
+        pruned = (f"  pruned: params {e['params_before'] / 1e6:.2f}M -> {e['params_after'] / 1e6:.2f}M, "
+                  f"val right after the cut {e['val_top1_after_cut']:.3f}")
     bar.write(f"epoch {record['epoch']:>3}/{cfg.train.epochs}  loss {record['train_loss']:.4f}  "
               f"train {record['train_top1']:.3f}  val {record['val_top1']:.3f}  "
               f"params {record['params'] / 1e6:.2f}M  flops {record['flops'] / 1e9:.3f}G  "

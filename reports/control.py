@@ -1,25 +1,32 @@
-"""Controls for a picked trial: did pruning in training pay?
+"""Controls for a picked trial: did pruning in training, and each of its choices, pay?
 
-For COMPLETE, pruned trial n, with the trial's resolved trainer config, ``prune.schedule=none`` and the
-same ``train.epochs``:
+For COMPLETE, pruned trial n, with the trial's resolved trainer config, the same ``train.epochs``, data and
+validation split, and ``train.seed`` = each of the requested seeds (default: the trial's own):
 
 - **scratch**: the trial's *final* architecture (``group_widths`` of its ``model/model.json``) trained
-  from a fresh initialisation (``adprune_core.trainer.train(..., init_widths=...)``): the "scratch"
-  control of Liu et al., "Rethinking the Value of Network Pruning" (ICLR 2019);
+  from a fresh initialisation without pruning (``adprune_core.trainer.train(..., init_widths=...)``): the
+  "scratch" control of Liu et al., "Rethinking the Value of Network Pruning" (ICLR 2019);
 - **uniform**: the dense architecture with every layer narrowed by one ``model.width_mult``, chosen so
   that its inference FLOPs come as close as possible to the trial's final FLOPs (``match_flops``, a
-  bisection on the monotone step function width_mult -> FLOPs of the built network).
+  bisection on the monotone step function width_mult -> FLOPs of the built network), without pruning;
+- **random**: the trial's run replayed with its own prune epochs and widths (``train(..., width_plan=...)``
+  from the pruning history in ``model.json``) but the kept channels chosen at random
+  (``prune.select=random``, ``prune.channel_density_min=0``): does choosing channels by density matter?
+  (Not run for a trial with ``prune.transfer=reinit``: re-initialised at every cut, its channel choice
+  cannot matter.)
+- **repeat**: the trial's own config with another seed (a repeat at the trial's own seed is the trial
+  itself and is not run): the spread of pruning in training.
 
 Each control is one MLflow run in the study's experiment, nested under the study's parent run, named
-``trial-NNNN-<kind>``, with the contract the report reads:
-tags ``adprune.role=control``, ``adprune.control_of=<trial number>``, ``adprune.control_kind=scratch|uniform``;
-metrics ``final/val_top1``, ``final/params``, ``final/flops``, ``final/train_flops_cum``,
-``final/compression_params``, ``final/compression_flops`` (dense / control, where *dense* is the trial's
-dense network, so the uniform control is compared with the same reference), plus the per-epoch metrics
-of a trial run (``study.tracking.TrialRun``) and the artifacts ``summary.json``, ``density_width.png``,
-``model/``. Trainer output: ``<runs>/studies/<study>/controls/trial-NNNN-<kind>/``; the trainer's own
-``summary.json`` measures compression against the dense network of *its* config (for the uniform control,
-itself: 1.0x).
+``trial-NNNN-<kind>-s<seed>``, with the contract the report reads:
+tags ``adprune.role=control``, ``adprune.control_of=<trial number>``, ``adprune.control_kind=<kind>``,
+``adprune.control_seed=<seed>``; metrics ``final/val_top1``, ``final/test_top1``, ``final/params``,
+``final/flops``, ``final/train_flops_cum``, ``final/compression_params``, ``final/compression_flops``
+(dense / control, where *dense* is the trial's dense network, so every control is compared with the same
+reference), plus the per-epoch metrics of a trial run (``study.tracking.TrialRun``) and the artifacts
+``summary.json``, ``density_width.png``, ``model/``. Trainer output:
+``<runs>/studies/<study>/controls/trial-NNNN-<kind>-s<seed>/``. A (kind, seed) whose run already finished
+is skipped unless ``again`` is asked for, so an interrupted batch of controls resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +55,8 @@ from study.plots import layer_curves, render
 from study.stores import location
 from study.tracking import PLOT_FILE, TrialRun, flatten
 
-CONTRACT_METRICS = ("val_top1", "params", "flops", "train_flops_cum", "compression_params", "compression_flops")
+CONTRACT_METRICS = ("val_top1", "test_top1", "params", "flops", "train_flops_cum", "compression_params",
+                    "compression_flops")
 _WIDTH_MULT = next(f for f in dataclasses.fields(ModelConfig) if f.name == "width_mult").metadata
 WIDTH_MULT_MIN, WIDTH_MULT_MAX = float(_WIDTH_MULT["lo"]), float(_WIDTH_MULT["hi"])  # model.width_mult's range
 
@@ -120,23 +128,68 @@ def uniform_width_mult(model_cfg: ModelConfig, num_classes: int, image_shape: tu
 
 @dataclass
 class ControlResult:
-    """One trained control: its MLflow run, trainer output, contract metrics and trainer status."""
+    """One control (trained now, or found finished): its MLflow run, trainer output, contract metrics, status."""
 
     kind: str
+    seed: int
     run_id: str
     out_dir: Path
     metrics: dict[str, float]  # the contract metrics (compression against the trial's dense network)
     status: str
     width_match: WidthMatch | None = None
+    skipped: bool = False  # found finished, not trained again
 
 
-def control_config(trial_config: Mapping[str, Any], width_mult: float | None = None) -> Config:
-    """The trial's resolved config without pruning (``prune.schedule=none``), optionally another width_mult."""
+@dataclass(frozen=True)
+class ControlJob:
+    """One control to train: its kind and seed, the trainer config, and what ``train`` needs besides it."""
+
+    kind: str
+    seed: int
+    cfg: Config
+    init_widths: Mapping[str, int] | None = None  # scratch: start from these widths
+    width_plan: Mapping[int, Mapping[str, int]] | None = None  # random: cut to these widths at these epochs
+    width_match: WidthMatch | None = None  # uniform: how its width_mult was found
+
+
+def _with(trial_config: Mapping[str, Any], seed: int | None, **sections: Mapping[str, Any]) -> Config:
+    """The trial's resolved config with ``sections``' keys replaced and, if given, another ``train.seed``."""
     raw = {section: dict(values) for section, values in trial_config.items()}
-    raw["prune"].update(schedule="none", epochs=[])
-    if width_mult is not None:
-        raw["model"]["width_mult"] = width_mult
+    for section, values in sections.items():
+        raw[section].update(values)
+    if seed is not None:
+        raw["train"]["seed"] = seed
     return config_from_dict(raw)
+
+
+def control_config(trial_config: Mapping[str, Any], width_mult: float | None = None,
+                   seed: int | None = None) -> Config:
+    """The trial's resolved config without pruning (``prune.schedule=none``), optionally another width_mult
+    and seed (``trial_config`` is not mutated)."""
+    model = {"width_mult": width_mult} if width_mult is not None else {}
+    return _with(trial_config, seed, prune={"schedule": "none", "epochs": []}, model=model)
+
+
+def width_plan_of(arch: Mapping[str, Any]) -> dict[int, dict[str, int]]:
+    """Epoch -> group -> width after that epoch's cut, from a saved network's pruning history (``model.json``)."""
+    return {int(h["epoch"]): {g: len(kept) for g, kept in h["kept_idxs"].items()} for h in arch.get("history", [])}
+
+
+def random_config(trial_config: Mapping[str, Any], plan: Mapping[int, Mapping[str, int]], seed: int | None) -> Config:
+    """The trial's config set to replay ``plan`` (``width_plan_of``) with random channels: the fixed schedule at
+    the plan's epochs, every planned cut kept (``min_gain`` 0), no density floor."""
+    epochs = sorted(plan)
+    return _with(trial_config, seed, prune={"schedule": "fixed", "epochs": epochs, "max_rounds": len(epochs),
+                                            "min_gain": 0.0, "select": "random", "channel_density_min": 0.0})
+
+
+def control_seeds(trial: FrozenTrial, count: int | None) -> list[int]:
+    """The seeds of the controls: the trial's ``train.seed`` s and the next ``count - 1`` (s, s + 1, ...);
+    without ``count``, [s]."""
+    first = int(trial.user_attrs["config"]["train"]["seed"])
+    if count is not None and count < 1:
+        raise ADPruneError(f"--seeds: {count} must be >= 1 (make controls SEEDS=3)")
+    return [first + i for i in range(count or 1)]
 
 
 def controllable(view: StudyView, trial: FrozenTrial) -> None:
@@ -163,54 +216,107 @@ def plan_uniform(trial: FrozenTrial, arch: Mapping[str, Any], model_cfg: ModelCo
                               int(trial.user_attrs["final"]["flops"]))
 
 
-def run_controls(view: StudyView, trial: FrozenTrial, client: Any, uniform: bool = False,
+def plan_controls(trial: FrozenTrial, arch: Mapping[str, Any], kinds: Sequence[str], seeds: Sequence[int],
+                  match: WidthMatch | None = None) -> list[ControlJob]:
+    """The controls to train for ``kinds`` x ``seeds`` (by kind, then seed); ``arch``: the trial's ``model.json``;
+    ``match``: the uniform control's width (``plan_uniform``), needed when ``uniform`` is asked for. A repeat
+    at the trial's own seed is the trial itself and is left out, and so is the random control of a trial that
+    re-initialises at its cuts (``prune.transfer=reinit``: its channel choice cannot matter)."""
+    unknown = [k for k in kinds if k not in CONTROL_KINDS]
+    if unknown:
+        raise ADPruneError(f"--kinds: unknown control kind {unknown[0]!r}; known: {', '.join(CONTROL_KINDS)}")
+    config, own = trial.user_attrs["config"], int(trial.user_attrs["config"]["train"]["seed"])
+    plan = width_plan_of(arch)
+    jobs = []
+    for kind in (k for k in CONTROL_KINDS if k in kinds):
+        for seed in seeds:
+            if kind == "scratch":
+                jobs.append(ControlJob(kind, seed, control_config(config, seed=seed), init_widths=arch["group_widths"]))
+            elif kind == "uniform":
+                if match is None:
+                    raise ValueError("the uniform control needs its width_match")
+                jobs.append(ControlJob(kind, seed, control_config(config, match.width_mult, seed), width_match=match))
+            elif kind == "random":
+                if config["prune"]["transfer"] == "reinit":
+                    continue  # re-initialised at every cut: which channels it kept cannot matter
+                if not plan:
+                    raise ADPruneError(f"trial {trial.number}'s model.json has no pruning history to replay; the "
+                                       "random control needs it (re-run the trial with this version)")
+                jobs.append(ControlJob(kind, seed, random_config(config, plan, seed), width_plan=plan))
+            elif seed != own:
+                jobs.append(ControlJob(kind, seed, _with(config, seed)))
+    return jobs
+
+
+def run_controls(view: StudyView, trial: FrozenTrial, client: Any, kinds: Sequence[str] = ("scratch",),
+                 seeds: Sequence[int] | None = None, again: bool = False,
                  log: Callable[[str], None] = print) -> list[ControlResult]:
-    """The scratch control of COMPLETE, pruned ``trial`` and, with ``uniform``, the uniform-width one."""
+    """Train the controls ``kinds`` x ``seeds`` (default: the trial's own seed) of COMPLETE, pruned ``trial``;
+    a (kind, seed) with a finished run is skipped (returned with ``skipped``) unless ``again``."""
     controllable(view, trial)
-    arch = trial_architecture(trial, client) if uniform else None  # else run_control reads it, once
-    cfg = control_config(trial.user_attrs["config"])
-    match = plan_uniform(trial, arch, cfg.model) if arch is not None else None
+    arch = trial_architecture(trial, client)
+    seeds = list(seeds) if seeds is not None else control_seeds(trial, None)
+    match = plan_uniform(trial, arch, control_config(trial.user_attrs["config"]).model) if "uniform" in kinds else None
     if match is not None:
         log(f"uniform control: width_mult {match.width_mult:.4g} gives {match.flops:,} FLOPs, "
             f"{match.relative_error:+.2%} from the trial's {match.target_flops:,} ({match.evaluations} networks built)")
-    data = load_dataset(cfg.data)
+    jobs = plan_controls(trial, arch, kinds, seeds, match)
+    if "random" in kinds and trial.user_attrs["config"]["prune"]["transfer"] == "reinit":
+        log(f"no random control: trial {trial.number} re-initialises the network at every cut (prune.transfer=reinit), "
+            "so which channels it keeps cannot matter")
+    done = {} if again else finished_controls(view, trial.number, client)
+    data = None
     results = []
-    for kind in (k for k in CONTROL_KINDS if uniform or k == "scratch"):
-        log(f"training the {kind} control of trial {trial.number} ({trial.user_attrs['epochs']} epochs) ...")
-        results.append(run_control(view, trial, kind, client, data, match if kind == "uniform" else None,
-                                   cfg=cfg, arch=arch))
-        r = results[-1]
-        log(f"  {kind}: {r.status}, val_top1 {r.metrics['val_top1']:.4f}, MLflow run {r.run_id}, output {r.out_dir}")
+    for i, job in enumerate(jobs, 1):
+        what = f"[{i}/{len(jobs)}] {job.kind} control of trial {trial.number}, seed {job.seed}"
+        found = done.get((job.kind, job.seed))
+        if found is not None:
+            log(f"{what}: finished before (MLflow run {found.run_id}), skipped")
+            results.append(found)
+            continue
+        log(f"{what} ({job.cfg.train.epochs} epochs) ...")
+        data = data or load_dataset(job.cfg.data)  # every control shares the trial's data and split
+        r = run_control(view, trial, job, client, data)
+        results.append(r)
+        log(f"  {r.status}: val_top1 {r.metrics['val_top1']:.4f}, test_top1 {r.metrics['test_top1']:.4f}, "
+            f"MLflow run {r.run_id}, output {r.out_dir}")
     return results
 
 
-def controls_dir(view: StudyView, number: int, kind: str) -> Path:
-    return view.runs_dir / "studies" / view.name / "controls" / f"trial-{number:04d}-{kind}"
+def controls_dir(view: StudyView, number: int, kind: str, seed: int) -> Path:
+    return view.runs_dir / "studies" / view.name / "controls" / f"trial-{number:04d}-{kind}-s{seed}"
 
 
-def run_control(view: StudyView, trial: FrozenTrial, kind: str, client: Any, data: ImageData,
-                width_match: WidthMatch | None = None, cfg: Config | None = None,
-                arch: Mapping[str, Any] | None = None) -> ControlResult:
-    """Train one control of ``trial`` and record it as an MLflow run (see the module docstring).
+def finished_controls(view: StudyView, number: int, client: Any) -> dict[tuple[str, int], ControlResult]:
+    """(kind, seed) -> the latest FINISHED control run of trial ``number`` with the contract metrics."""
+    exp = client.get_experiment_by_name(view.name)
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`adprune.role` = 'control' and tags.`adprune.control_of` = '{number}' and attributes.status = "
+        "'FINISHED'"), order_by=["attributes.start_time ASC"], max_results=1000)
+    out = {}
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        seed = tags.get("adprune.control_seed", "")
+        if not seed.isdigit() or any(f"final/{k}" not in metrics for k in CONTRACT_METRICS):
+            continue
+        kind = tags.get("adprune.control_kind", "")
+        out[(kind, int(seed))] = ControlResult(kind, int(seed), run.info.run_id, Path(tags.get("adprune.out_dir", "")),
+                                               {k: metrics[f"final/{k}"] for k in CONTRACT_METRICS}, "completed",
+                                               skipped=True)
+    return out
 
-    ``cfg``: ``control_config`` of the trial's config, ``arch``: its ``trial_architecture``, when the caller
-    has them already (read here otherwise)."""
-    if kind not in CONTROL_KINDS:
-        raise ValueError(f"control kind {kind!r}; known: {', '.join(CONTROL_KINDS)}")
-    if (kind == "uniform") != (width_match is not None):
-        raise ValueError("the uniform control, and only it, needs a width_match")
-    if width_match is not None:
-        cfg = control_config(trial.user_attrs["config"], width_match.width_mult)
-    elif cfg is None:
-        cfg = control_config(trial.user_attrs["config"])
-    out = controls_dir(view, trial.number, kind)
-    widths = None
-    if kind == "scratch":
-        widths = (arch if arch is not None else trial_architecture(trial, client))["group_widths"]
-    run_id = _start_run(view, trial, kind, client, cfg, out, width_match)
-    tracker = TrialRun(client, run_id, f"trial-{trial.number:04d}-{kind}")
+
+def run_control(view: StudyView, trial: FrozenTrial, job: ControlJob, client: Any, data: ImageData) -> ControlResult:
+    """Train one control of ``trial`` and record it as an MLflow run (see the module docstring)."""
+    out = controls_dir(view, trial.number, job.kind, job.seed)
+    name = out.name
+    run_id = _start_run(view, trial, job, client, out)
+    tracker = TrialRun(client, run_id, name)
     try:
-        summary = train(cfg, out, callbacks=[tracker], data=data, init_widths=widths).summary
+        summary = train(job.cfg, out, callbacks=[tracker], data=data, init_widths=job.init_widths,
+                        width_plan=job.width_plan).summary
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")
         raise
@@ -220,34 +326,35 @@ def run_control(view: StudyView, trial: FrozenTrial, kind: str, client: Any, dat
         raise
     final = summary["final"]
     dense = trial.user_attrs["final"]
-    metrics = {"val_top1": float(final["val_top1"]), "params": float(final["params"]), "flops": float(final["flops"]),
-               "train_flops_cum": float(final["train_flops_cum"]),
-               "compression_params": dense["params_dense"] / max(final["params"], 1),
-               "compression_flops": dense["flops_dense"] / max(final["flops"], 1)}
+    metrics = {k: float(final[k]) for k in ("val_top1", "test_top1", "params", "flops", "train_flops_cum")}
+    metrics.update(compression_params=dense["params_dense"] / max(final["params"], 1),
+                   compression_flops=dense["flops_dense"] / max(final["flops"], 1))
     _finish_run(client, run_id, out, summary, metrics, dense)
     if trial.user_attrs.get("mlflow_run_id"):  # so the trial's run points at its newest control
-        client.set_tag(trial.user_attrs["mlflow_run_id"], f"adprune.control_{kind}", run_id)
-    return ControlResult(kind, run_id, out, metrics, final["status"], width_match)
+        client.set_tag(trial.user_attrs["mlflow_run_id"], f"adprune.control_{job.kind}", run_id)
+    return ControlResult(job.kind, job.seed, run_id, out, metrics, final["status"], job.width_match)
 
 
-def _start_run(view: StudyView, trial: FrozenTrial, kind: str, client: Any, cfg: Config, out: Path,
-               width_match: WidthMatch | None) -> str:
+def _start_run(view: StudyView, trial: FrozenTrial, job: ControlJob, client: Any, out: Path) -> str:
     from mlflow.entities import Param
 
     exp = client.get_experiment_by_name(view.name)
     if exp is None:
         raise ADPruneError(f"study {view.name!r} has no MLflow experiment in {location(view.stores.tracking_uri)}; "
                            "was it run with another --runs-dir?")
-    tags = {"adprune.role": "control", "adprune.control_of": str(trial.number), "adprune.control_kind": kind,
-            "optuna.study_name": view.name, "adprune.out_dir": str(out)}
+    tags = {"adprune.role": "control", "adprune.control_of": str(trial.number), "adprune.control_kind": job.kind,
+            "adprune.control_seed": str(job.seed), "optuna.study_name": view.name, "adprune.out_dir": str(out)}
     parent = view.study.user_attrs.get("mlflow_parent_run_id")
     if parent:
         tags["mlflow.parentRunId"] = parent
-    run = client.create_run(exp.experiment_id, run_name=f"trial-{trial.number:04d}-{kind}", tags=tags)
-    params = flatten({"control": {"of_trial": trial.number, "kind": kind}, **config_to_dict(cfg)})
-    if width_match is not None:
-        params.update({"control.width_mult": repr(width_match.width_mult),
-                       "control.target_flops": str(width_match.target_flops)})
+    run = client.create_run(exp.experiment_id, run_name=out.name, tags=tags)
+    params = flatten({"control": {"of_trial": trial.number, "kind": job.kind, "seed": job.seed},
+                      **config_to_dict(job.cfg)})
+    if job.width_match is not None:
+        params.update({"control.width_mult": repr(job.width_match.width_mult),
+                       "control.target_flops": str(job.width_match.target_flops)})
+    if job.width_plan:
+        params["control.replayed_epochs"] = ",".join(map(str, sorted(job.width_plan)))
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i:i + 100])
@@ -279,44 +386,15 @@ def _finish_run(client: Any, run_id: str, out: Path, summary: Mapping[str, Any],
 
 # --- the comparison ----------------------------------------------------------------------------------
 
-def comparison_rows(trial: FrozenTrial, controls: list[ControlResult],
-                    baseline: FrozenTrial | None) -> list[dict[str, Any]]:
-    """One row per network: the trial, each control, the baseline (plain data for the table)."""
-    def row(label: str, m: Mapping[str, Any]) -> dict[str, Any]:
-        return {"label": label, **{k: float(m[k]) for k in ("val_top1", "params", "flops", "train_flops_cum")}}
+def comparison_text(view: StudyView, number: int) -> list[str]:
+    """The trial beside its controls over seeds, as the report shows them (``reports.render``), read back from
+    the stores: a Markdown table, then one line per question a control answers."""
+    from reports.load import control_inputs, load_study_data, trial_inputs
+    from reports.pareto import control_summaries
+    from reports.render import CONTROL_HEADERS, control_answers, control_table_rows, md_table
 
-    rows = [row(f"trial {trial.number} (pruned in training)", trial.user_attrs["final"])]
-    for c in controls:
-        label = ("scratch (same widths)" if c.kind == "scratch"
-                 else f"uniform (width_mult {c.width_match.width_mult:.4g})")
-        rows.append(row(label, c.metrics))
-    if baseline is not None:
-        rows.append(row(f"baseline (dense, trial {baseline.number})", baseline.user_attrs["final"]))
-    return rows
-
-
-def format_comparison(rows: list[dict[str, Any]]) -> str:
-    """The table: val_top1 and its change vs the first row (the trial), params, FLOPs, training FLOPs."""
-    first = rows[0]
-    width = max(len(r["label"]) for r in rows)
-    lines = [f"{'':<{width}}  {'val_top1':>8}  {'vs trial':>8}  {'params':>11}  {'flops':>10}  {'train FLOPs':>11}"]
-    for r in rows:
-        delta = "" if r is first else f"{r['val_top1'] - first['val_top1']:+.4f}"
-        lines.append(f"{r['label']:<{width}}  {r['val_top1']:>8.4f}  {delta:>8}  {int(r['params']):>11,}  "
-                     f"{r['flops']:>10.4g}  {r['train_flops_cum']:>11.4g}")
-    return "\n".join(lines)
-
-
-def verdict(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per control: the trial's accuracy edge over it, and what that cost in training compute."""
-    trial = rows[0]
-    out = []
-    for r in rows[1:]:
-        if r["label"].startswith("baseline"):
-            continue
-        edge = trial["val_top1"] - r["val_top1"]
-        cost = trial["train_flops_cum"] / r["train_flops_cum"] if r["train_flops_cum"] else float("nan")
-        word = "paid" if edge > 0 else "did not pay"
-        out.append(f"vs {r['label']}: pruning in training {word} in accuracy ({edge:+.4f} val_top1) at "
-                   f"{cost:.2f}x its training compute")
-    return out
+    data = load_study_data(view.stores, view.name)
+    trial = next(t for t in trial_inputs(data) if t.number == number)
+    summaries = control_summaries(trial, control_inputs(data))
+    return [md_table(CONTROL_HEADERS, control_table_rows(summaries, trial.metrics, number)),
+            *control_answers(summaries)]

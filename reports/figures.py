@@ -18,7 +18,8 @@ from reports.pareto import LayerProfile, View, ViewPoint
 
 AXIS_TITLES = {"val_top1": "val_top1 (validation top-1 accuracy)", "flops": "inference FLOPs per image",
                "params": "parameters", "train_flops_cum": "training compute (FLOPs, whole run)"}
-CONTROL_STYLE = {"scratch": ("diamond", "#e67e22"), "uniform": ("triangle-up", "#27ae60")}
+CONTROL_STYLE = {"scratch": ("diamond", "#e67e22"), "uniform": ("triangle-up", "#27ae60"),
+                 "random": ("cross", "#8e44ad"), "repeat": ("circle-open", "#2c6fbb")}
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 OPEN_RUN_JS = """var gd = document.getElementById('{plot_id}');
 gd.on('plotly_click', function (ev) {

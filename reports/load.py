@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from adprune_core.errors import ConfigError
-from reports.pareto import CONTROL_KINDS, METRICS, ControlInput, TrialInput
+from reports.pareto import CONTROL_KINDS, METRICS, REPORTED, ControlInput, TrialInput
 from study.stores import Stores, location, sqlite_path
 
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
@@ -208,10 +208,11 @@ def trial_inputs(data: StudyData) -> list[TrialInput]:
         attrs = t.user_attrs
         final = attrs.get("final") or {}
         run_id = attrs.get("mlflow_run_id")
+        seed = ((attrs.get("config") or {}).get("train") or {}).get("seed")
         out.append(TrialInput(
             number=t.number, state=t.state.name, baseline=bool(attrs.get("baseline")),
-            values=tuple(t.values) if t.values else None,
-            metrics={m: final[m] for m in METRICS if m in final}, params=dict(t.params), feasible=feasible(t),
+            seed=seed if isinstance(seed, int) else None, values=tuple(t.values) if t.values else None,
+            metrics={m: final[m] for m in REPORTED if m in final}, params=dict(t.params), feasible=feasible(t),
             stop_reason=attrs.get("stop_reason"), fail_reason=attrs.get("fail_reason"), run_id=run_id,
             url=data.url(run_id), picked=t.number in data.picked, reused_epochs=int(attrs.get("reused_epochs") or 0),
             train_flops_spent=float(attrs.get("train_flops_spent") if attrs.get("train_flops_spent") is not None
@@ -220,7 +221,8 @@ def trial_inputs(data: StudyData) -> list[TrialInput]:
 
 
 def control_inputs(data: StudyData) -> list[ControlInput]:
-    """Control runs (tag ``adprune.role=control``) with ``final/<metric>`` metrics, oldest first."""
+    """Control runs (tag ``adprune.role=control``) with ``final/<metric>`` metrics and their seed (tag
+    ``adprune.control_seed``; None for runs from before it), oldest first."""
     if "tags.adprune.role" not in data.runs:
         return []
     runs = data.runs[data.runs["tags.adprune.role"] == "control"].sort_values("start_time")
@@ -231,11 +233,13 @@ def control_inputs(data: StudyData) -> list[ControlInput]:
             data.notes.append(f"control run {r['run_id']} lacks the tags adprune.control_of / adprune.control_kind; "
                               "left out")
             continue
-        metrics = {m: float(r[f"metrics.final/{m}"]) for m in METRICS
+        metrics = {m: float(r[f"metrics.final/{m}"]) for m in REPORTED
                    if f"metrics.final/{m}" in r and pd.notna(r[f"metrics.final/{m}"])}
         if kind not in CONTROL_KINDS:
             data.notes.append(f"control run {r['run_id']} has kind {kind!r}, not one of {', '.join(CONTROL_KINDS)}")
-        out.append(ControlInput(int(of), kind, metrics, r["run_id"], data.url(r["run_id"])))
+        seed = r.get("tags.adprune.control_seed")
+        seed = int(seed) if isinstance(seed, str) and seed.strip().isdigit() else None
+        out.append(ControlInput(int(of), kind, metrics, r["run_id"], data.url(r["run_id"]), seed))
     return out
 
 

@@ -12,8 +12,13 @@ FLOPs of the whole run. Against the baseline (the dense trial of the same study)
 ``accuracy_change = val_top1 - baseline val_top1`` (a fraction; negative = lost accuracy),
 ``compression_params = baseline params / params`` and ``compression_flops`` likewise (x, > 1 = smaller),
 ``train_compute_reduction = baseline train_flops_cum / train_flops_cum`` (x, > 1 = cheaper to train).
-A control (``adprune control``) is compared with the trial it controls:
-``val_top1_gain_vs_<kind> = trial val_top1 - control val_top1`` (> 0: pruning in training paid).
+``test_top1`` (the dataset's evaluation split, measured once at the end of a run; never an objective)
+sits beside ``val_top1``: ``val_test_gap = val_top1 - test_top1`` (> 0: the search's accuracy is optimistic).
+
+A control (``adprune control``) is compared with the trial it controls, over seeds (``reports.seeds``):
+``control_summaries`` takes the latest run per (kind, seed); the trial's own result is the mean over the
+trial and its ``repeat`` runs (its config with other seeds), and
+``val_top1_gain_vs_<kind> = that mean - the control's mean val_top1`` (> 0: pruning in training paid).
 """
 
 from __future__ import annotations
@@ -23,12 +28,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from reports.seeds import Difference, SeedStats, compare, seed_stats
 from study.pareto import pareto_front
 
 ACCURACY = "val_top1"
+TEST_ACCURACY = "test_top1"  # reported beside val_top1, never an objective
 COST_METRICS = ("params", "flops", "train_flops_cum")
-METRICS = (ACCURACY, *COST_METRICS)
-CONTROL_KINDS = ("scratch", "uniform")
+METRICS = (ACCURACY, *COST_METRICS)  # what a study may optimise
+REPORTED = (*METRICS, TEST_ACCURACY)  # what the report reads of a trial or a control
+CONTROL_KINDS = ("scratch", "uniform", "random", "repeat")
+CONTROL_LABELS = {"scratch": "scratch: the final widths, trained from scratch",
+                  "uniform": "uniform: one width multiplier, the same FLOPs",
+                  "random": "random: the same widths at the same epochs, channels chosen at random",
+                  "repeat": "pruned in training: the trial's config over seeds (the trial + repeats)"}
+CONTROL_QUESTIONS = {"scratch": "does pruning in training beat training its final architecture from scratch?",
+                     "uniform": "does the per-layer sizing beat a uniform width of the same FLOPs?",
+                     "random": "does the trial's channel choice beat random channels at the same widths?"}
 
 
 def finite(x: Any) -> bool:
@@ -57,13 +72,15 @@ def pareto_mask(points: Sequence[Sequence[float]], directions: Sequence[str],
 class TrialInput:
     """What the report needs of one trial (``reports.load`` fills it from Optuna and MLflow).
 
-    ``metrics``: the trainer's final metrics (``val_top1``, ``params``, ``flops``, ``train_flops_cum``;
-    missing for trials that never ran); ``values``: the Optuna objective values (COMPLETE trials only).
+    ``metrics``: the trainer's final metrics (``val_top1``, ``test_top1``, ``params``, ``flops``,
+    ``train_flops_cum``; missing for trials that never ran); ``values``: the Optuna objective values
+    (COMPLETE trials only).
     """
 
     number: int
     state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
     baseline: bool = False
+    seed: int | None = None  # train.seed of the trial's config
     values: tuple[float, ...] | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -80,13 +97,67 @@ class TrialInput:
 
 @dataclass(frozen=True)
 class ControlInput:
-    """A control run (tag ``adprune.role=control``): trial ``control_of`` retrained as ``kind``."""
+    """A control run (tag ``adprune.role=control``): trial ``control_of`` retrained as ``kind`` with
+    ``train.seed`` ``seed`` (None: a run from before controls had seeds)."""
 
     control_of: int
-    kind: str  # scratch | uniform
+    kind: str  # scratch | uniform | random | repeat
     metrics: Mapping[str, float]
     run_id: str
     url: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ControlSummary:
+    """One kind of control of one trial over its seeds, and the trial (over its own seeds) minus it.
+
+    For ``repeat``, ``stats`` is the trial's own result over seeds (the trial and its repeat runs) and
+    ``vs_trial`` is empty."""
+
+    trial: int
+    kind: str
+    stats: SeedStats
+    runs: tuple[ControlInput, ...]  # the latest run per seed, by seed
+    vs_trial: Mapping[str, Difference] = field(default_factory=dict)  # metric -> trial minus control
+
+
+def trial_seed_stats(trial: TrialInput, controls: Sequence[ControlInput]) -> SeedStats:
+    """The trial's result over seeds: its own final metrics and its ``repeat`` controls' (the latest run per
+    seed; a repeat with the trial's own seed does not count twice)."""
+    repeats = _latest_per_seed(c for c in controls if c.control_of == trial.number and c.kind == "repeat"
+                               and (c.seed is None or c.seed != trial.seed))
+    return seed_stats([trial.metrics, *(c.metrics for c in repeats)], REPORTED,
+                      (trial.seed, *(c.seed for c in repeats)))
+
+
+def control_summaries(trial: TrialInput, controls: Sequence[ControlInput]) -> dict[str, ControlSummary]:
+    """Kind -> ``ControlSummary`` for every kind of control ``trial`` has (``controls`` oldest first: a
+    later run of the same kind and seed replaces an earlier one). The differences compare ``val_top1``
+    and ``test_top1`` of the trial's seeds with the control's (``reports.seeds.compare``)."""
+    mine = [c for c in controls if c.control_of == trial.number]
+    own = trial_seed_stats(trial, mine)
+    out = {}
+    for kind in _kinds(mine):
+        runs = _latest_per_seed(c for c in mine if c.kind == kind)
+        if kind == "repeat":
+            out[kind] = ControlSummary(trial.number, kind, own, runs)
+            continue
+        stats = seed_stats([c.metrics for c in runs], REPORTED, [c.seed for c in runs])
+        out[kind] = ControlSummary(trial.number, kind, stats, runs,
+                                   {m: compare(own, stats, m) for m in (ACCURACY, TEST_ACCURACY)})
+    return out
+
+
+def _latest_per_seed(controls: Any) -> tuple[ControlInput, ...]:
+    """The latest finished run (one with a final ``val_top1``) per seed, by seed."""
+    latest = {c.seed: c for c in controls if finite(c.metrics.get(ACCURACY))}  # later runs replace earlier ones
+    return tuple(latest[s] for s in sorted(latest, key=lambda s: (s is None, s if s is not None else 0)))
+
+
+def _kinds(controls: Sequence[ControlInput]) -> list[str]:
+    kinds = [k for k in CONTROL_KINDS if any(c.kind == k for c in controls)]
+    return kinds + sorted({c.kind for c in controls} - set(kinds))
 
 
 def ratio(numerator: Any, denominator: Any) -> float:
@@ -103,10 +174,13 @@ def baseline_of(trials: Sequence[TrialInput]) -> TrialInput | None:
 
 
 def savings(metrics: Mapping[str, float], base: Mapping[str, float] | None) -> dict[str, float]:
-    """``accuracy_change``, ``compression_params``, ``compression_flops``, ``train_compute_reduction``."""
+    """``accuracy_change`` (val_top1), ``test_accuracy_change``, ``compression_params``, ``compression_flops``,
+    ``train_compute_reduction``."""
     base = base or {}
     acc, base_acc = metrics.get(ACCURACY), base.get(ACCURACY)
+    test, base_test = metrics.get(TEST_ACCURACY), base.get(TEST_ACCURACY)
     return {"accuracy_change": acc - base_acc if finite(acc) and finite(base_acc) else math.nan,
+            "test_accuracy_change": test - base_test if finite(test) and finite(base_test) else math.nan,
             "compression_params": ratio(base.get("params"), metrics.get("params")),
             "compression_flops": ratio(base.get("flops"), metrics.get("flops")),
             "train_compute_reduction": ratio(base.get("train_flops_cum"), metrics.get("train_flops_cum"))}
@@ -118,20 +192,21 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
 
     Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``pareto`` (on the front of the COMPLETE
     feasible trials' objective values), the objective values under their names, the other final
-    metrics, the savings (module docstring; metrics and savings only for COMPLETE trials, a stopped
-    run's numbers being partial), ``search.<key>`` per searched key, ``stop_reason``,
-    ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, ``reused_epochs``,
-    ``train_flops_spent``, ``forked_from`` (shared prefixes, every trial that ran), and per control kind present
-    ``<kind>_val_top1``, ``<kind>_flops``, ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>``,
-    ``<kind>_run_id``, ``<kind>_url`` (the latest control of that kind, when several).
+    metrics (``test_top1`` among them), ``val_test_gap``, the savings (module docstring; metrics and savings
+    only for COMPLETE trials, a stopped run's numbers being partial), ``search.<key>`` per searched key,
+    ``stop_reason``, ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, ``reused_epochs``,
+    ``train_flops_spent``, ``forked_from`` (shared prefixes, every trial that ran), and per control kind
+    present (``control_summaries``: means over seeds) ``<kind>_seeds``, ``<kind>_val_top1``,
+    ``<kind>_val_top1_sd``, ``<kind>_test_top1``, ``<kind>_test_top1_sd``, ``<kind>_flops``,
+    ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>`` (the trial's seeds minus the control's; not for
+    ``repeat``), ``<kind>_run_id``, ``<kind>_url`` (the latest run of that kind).
     """
     trials = sorted(trials, key=lambda t: t.number)
     base = baseline_of(trials)
     points = [t.values if t.state == "COMPLETE" and t.values else [math.nan] * len(names) for t in trials]
     on_front = pareto_mask(points, directions, [t.feasible for t in trials])
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
-    kinds = [k for k in CONTROL_KINDS if any(c.kind == k for c in controls)]
-    kinds += sorted({c.kind for c in controls} - set(kinds))
+    kinds = _kinds(controls)
     latest = {(c.control_of, c.kind): c for c in controls}  # later controls replace earlier ones
     rows = []
     for t, point, pareto in zip(trials, points, on_front):
@@ -139,19 +214,25 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
         row: dict[str, Any] = {"number": t.number, "state": t.state, "baseline": t.baseline,
                                "feasible": t.feasible, "pareto": pareto}
         row.update(dict(zip(names, point)))
-        row.update({m: float(metrics[m]) if finite(metrics.get(m)) else math.nan for m in METRICS if m not in names})
+        row.update({m: float(metrics[m]) if finite(metrics.get(m)) else math.nan for m in REPORTED if m not in names})
+        row["val_test_gap"] = (float(metrics[ACCURACY]) - float(metrics[TEST_ACCURACY])
+                               if finite(metrics.get(ACCURACY)) and finite(metrics.get(TEST_ACCURACY)) else math.nan)
         row.update(savings(metrics, base.metrics if base else None))
         row.update({f"search.{k}": t.params.get(k) for k in keys})
         row.update({"stop_reason": t.stop_reason, "fail_reason": t.fail_reason, "picked": t.picked,
                     "mlflow_run_id": t.run_id, "mlflow_url": t.url, "reused_epochs": t.reused_epochs,
                     "train_flops_spent": t.train_flops_spent, "forked_from": t.forked_from})
+        summaries = control_summaries(t, controls) if t.state == "COMPLETE" else {}
         for kind in kinds:
-            c = latest.get((t.number, kind))
-            m = c.metrics if c else {}
-            row.update({f"{kind}_{metric}": float(m[metric]) if finite(m.get(metric)) else math.nan
-                        for metric in (ACCURACY, "flops", "train_flops_cum")})
-            acc, control_acc = metrics.get(ACCURACY), m.get(ACCURACY)
-            row[f"val_top1_gain_vs_{kind}"] = acc - control_acc if finite(acc) and finite(control_acc) else math.nan
+            c, s = latest.get((t.number, kind)), summaries.get(kind)
+            row[f"{kind}_seeds"] = s.stats.n if s else 0
+            for metric in (ACCURACY, TEST_ACCURACY, "flops", "train_flops_cum"):
+                mean, sd, _ = s.stats.get(metric) if s else (math.nan, math.nan, 0)
+                row[f"{kind}_{metric}"] = mean
+                if metric in (ACCURACY, TEST_ACCURACY):
+                    row[f"{kind}_{metric}_sd"] = sd
+            if kind != "repeat":
+                row[f"val_top1_gain_vs_{kind}"] = s.vs_trial[ACCURACY].diff if s else math.nan
             row[f"{kind}_run_id"], row[f"{kind}_url"] = (c.run_id, c.url) if c else (None, None)
         rows.append(row)
     return rows

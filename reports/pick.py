@@ -69,9 +69,11 @@ def default_out_dir(runs_dir: str | Path, study: str, number: int) -> Path:
 
 # --- choosing ------------------------------------------------------------------------------------
 
-def knee_choice(view: StudyView) -> tuple[FrozenTrial, Knee]:
-    """The knee of the study's Pareto trials on val_top1 vs compression of the size it minimises."""
-    front = view.pareto
+def knee_choice(view: StudyView, pruned_only: bool = False) -> tuple[FrozenTrial, Knee]:
+    """The knee of the study's Pareto trials on val_top1 vs compression of the size it minimises; with
+    ``pruned_only``, of those that pruned (the controls' knee: the baseline has nothing to control)."""
+    front = [t for t in view.pareto if not pruned_only or (not t.user_attrs.get("baseline")
+                                                           and t.user_attrs["final"].get("prune_rounds"))]
     if not front:
         raise ADPruneError(f"study {view.name!r} has no COMPLETE feasible trial, so no Pareto front to find a knee "
                            "on; run more trials (make study) or pick one with --trial")
@@ -99,19 +101,23 @@ def pick_metrics(final: Mapping[str, Any], baseline_final: Mapping[str, Any] | N
                  baseline_number: int | None = None) -> dict[str, Any]:
     """The pick's numbers from the trial's and the baseline's ``summary.json`` ``final`` (pure).
 
-    ``accuracy_change`` = val_top1 - baseline val_top1 (a fraction; negative = less accurate);
+    ``accuracy_change`` = val_top1 - baseline val_top1 (a fraction; negative = less accurate), and
+    ``test_accuracy_change`` likewise for ``test_top1`` (the evaluation split the search never read; None
+    when either run lacks it);
     ``train_compute_reduction`` = baseline train_flops_cum / train_flops_cum (x; > 1 = cheaper);
     ``compression_params`` / ``compression_flops`` = dense / final (x), from the trainer. Without a
     baseline the two baseline figures are None."""
-    keys = ("val_top1", "params", "flops", "train_flops_cum", "params_dense", "flops_dense", "compression_params",
-            "compression_flops", "prune_rounds", "epochs_run")
+    keys = ("val_top1", "test_top1", "params", "flops", "train_flops_cum", "params_dense", "flops_dense",
+            "compression_params", "compression_flops", "prune_rounds", "epochs_run")
     out: dict[str, Any] = {k: final.get(k) for k in keys}
     if baseline_final is None:
-        out.update(baseline=None, accuracy_change=None, train_compute_reduction=None)
+        out.update(baseline=None, accuracy_change=None, test_accuracy_change=None, train_compute_reduction=None)
         return out
     out["baseline"] = {"trial": baseline_number, **{k: baseline_final.get(k) for k in
-                                                     ("val_top1", "params", "flops", "train_flops_cum")}}
+                                                     ("val_top1", "test_top1", "params", "flops", "train_flops_cum")}}
     out["accuracy_change"] = float(final["val_top1"]) - float(baseline_final["val_top1"])
+    tests = (final.get("test_top1"), baseline_final.get("test_top1"))
+    out["test_accuracy_change"] = float(tests[0]) - float(tests[1]) if None not in tests else None
     cum = float(final["train_flops_cum"])
     out["train_compute_reduction"] = float(baseline_final["train_flops_cum"]) / cum if cum > 0 else None
     return out
@@ -266,6 +272,10 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
     return PickResult(view.name, trial.number, out, name, str(version.version), alias, source, record, notes, reason)
 
 
+def _acc(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "(not recorded)"
+
+
 def readme_text(record: Mapping[str, Any], config: Mapping[str, Any], out: Path) -> str:
     """The pick's README: what the network is, how it compares with the dense baseline, three ways to load it."""
     model, prune, reg, inp = config["model"], config["prune"], record["registry"], record["input"]
@@ -274,15 +284,18 @@ def readme_text(record: Mapping[str, Any], config: Mapping[str, Any], out: Path)
     if base:
         head = f"dense baseline (trial {base['trial']})"
         cells = [f"{base['val_top1']:.4f}", f"{base['params']:,}", f"{base['flops']:,}",
-                 f"{base['train_flops_cum']:.4g}"]
-        change = [f" ({record['accuracy_change']:+.4f})", f" ({record['train_compute_reduction']:.2f}x less)"]
+                 f"{base['train_flops_cum']:.4g}", _acc(base.get("test_top1"))]
+        change = [f" ({record['accuracy_change']:+.4f})", f" ({record['train_compute_reduction']:.2f}x less)",
+                  f" ({record['test_accuracy_change']:+.4f})" if record.get("test_accuracy_change") is not None
+                  else ""]
     else:
         head = "dense (no completed baseline)"
-        cells = ["", f"{record['params_dense']:,}", f"{record['flops_dense']:,}", ""]
-        change = ["", ""]
+        cells = ["", f"{record['params_dense']:,}", f"{record['flops_dense']:,}", "", ""]
+        change = ["", "", ""]
     table = "\n".join([
         f"| | this network | {head} |", "|---|---|---|",
-        f"| val_top1 | {record['val_top1']:.4f}{change[0]} | {cells[0]} |",
+        f"| val_top1 (the split the search used) | {record['val_top1']:.4f}{change[0]} | {cells[0]} |",
+        f"| test_top1 (never seen by the search) | {_acc(record.get('test_top1'))}{change[2]} | {cells[4]} |",
         f"| params | {record['params']:,} ({record['compression_params']:.2f}x fewer) | {cells[1]} |",
         f"| FLOPs per image | {record['flops']:,} ({record['compression_flops']:.2f}x fewer) | {cells[2]} |",
         f"| training FLOPs | {record['train_flops_cum']:.4g}{change[1]} | {cells[3]} |"])

@@ -1,7 +1,8 @@
 """``adprune pick`` and ``adprune control``, registered into ``adprune_core.cli.SUBCOMMANDS``.
 
     adprune pick [--runs-dir runs] [--study NAME] (--trial N | --knee) [--out DIR]
-    adprune control [--runs-dir runs] [--study NAME] --trial N [--uniform]
+    adprune control [--runs-dir runs] [--study NAME] (--trial N [--trial M ...] | --knee | --picks) [--uniform]
+                    [--kinds scratch,uniform,random,repeat] [--seeds K] [--again]
 
 Without ``--study`` the store's only study is used. The runtime folder defaults to ``$RUNS_DIR`` or
 ``runs``. Mistakes (no store, unknown study or trial, a trial that did not complete, both or neither of
@@ -15,6 +16,7 @@ import sys
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ADPruneError
+from reports.pareto import CONTROL_KINDS
 from study.cli import add_store_args, stores_from_args
 from study.stores import location
 
@@ -45,7 +47,8 @@ def _run_pick(args: argparse.Namespace) -> int:
     m = result.metrics
     vs = (f" ({m['accuracy_change']:+.4f} vs the baseline, trial {m['baseline']['trial']})"
           if m.get("baseline") else " (no completed baseline)")
-    print(f"picked trial {result.number} of study {result.study!r}: val_top1 {m['val_top1']:.4f}{vs}, "
+    test = f", test_top1 {m['test_top1']:.4f}" if m.get("test_top1") is not None else ""
+    print(f"picked trial {result.number} of study {result.study!r}: val_top1 {m['val_top1']:.4f}{vs}{test}, "
           f"params {m['params']:,} ({m['compression_params']:.2f}x fewer), flops {m['flops']:,} "
           f"({m['compression_flops']:.2f}x fewer)"
           + (f", training compute {m['train_compute_reduction']:.2f}x less" if m.get("train_compute_reduction")
@@ -67,31 +70,77 @@ def _run_pick(args: argparse.Namespace) -> int:
 
 
 def _control_args(p: argparse.ArgumentParser) -> None:
-    _common_args(p)
+    add_store_args(p)
+    p.add_argument("--study", default=None, help="study name (default: the store's only study)")
+    p.add_argument("--trial", type=int, action="append", default=None,
+                   help="a COMPLETE, pruned trial to control (repeat for several)")
+    p.add_argument("--knee", action="store_true",
+                   help="control the knee of the accuracy/compression front of the pruned Pareto trials")
+    p.add_argument("--picks", action="store_true", help="control every trial picked with adprune pick")
     p.add_argument("--uniform", action="store_true",
-                   help="also train a uniform-width network with the trial's final FLOPs")
+                   help="also train a uniform-width network with the trial's final FLOPs (same as adding uniform "
+                        "to --kinds)")
+    p.add_argument("--kinds", default=None,
+                   help=f"control kinds, comma-separated, from {','.join(CONTROL_KINDS)} (default scratch)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train.seed values per kind: the trial's seed and the next ones (default 1: the trial's)")
+    p.add_argument("--again", action="store_true", help="train a (kind, seed) again even if it finished before")
+
+
+def control_kinds(text: str | None, uniform: bool) -> list[str]:
+    """``--kinds`` (comma-separated) plus ``uniform`` for ``--uniform``; default ``scratch``."""
+    kinds = [k.strip() for k in (text or "scratch").split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in CONTROL_KINDS]
+    if unknown or not kinds:
+        raise ADPruneError(f"--kinds: {text!r} must name control kinds from {', '.join(CONTROL_KINDS)}, "
+                           "comma-separated (make controls KINDS=scratch,uniform)")
+    return kinds + (["uniform"] if uniform and "uniform" not in kinds else [])
+
+
+def _controlled_trials(view, args: argparse.Namespace) -> list:
+    """The trials ``--trial`` / ``--knee`` / ``--picks`` name (exactly one of them)."""
+    from reports.load import picked_trials
+    from reports.pick import knee_choice, mlflow_client
+    from reports.trial_lookup import completed_trial
+
+    if sum(map(bool, (args.trial, args.knee, args.picks))) != 1:
+        raise ADPruneError(f"--trial N is required (make control TRIAL=n), or one of --knee / --picks (make controls "
+                           f"KNEE=1); the Pareto trials of study {view.name!r}: {view.pareto_numbers()}")
+    if args.knee:
+        return [knee_choice(view, pruned_only=True)[0]]
+    if args.picks:
+        picked = [completed_trial(view, n) for n in sorted(picked_trials(mlflow_client(view.stores), view.name))]
+        pruned = [t for t in picked if not t.user_attrs.get("baseline") and t.user_attrs["final"].get("prune_rounds")]
+        for t in picked:
+            if t not in pruned:
+                print(f"note: picked trial {t.number} never pruned (dense): it has no controls", flush=True)
+        if not pruned:
+            raise ADPruneError(f"study {view.name!r} has no picked pruned trial; pick one first (make pick "
+                               f"STUDY={view.name} TRIAL=n), or name trials with TRIAL=n / KNEE=1")
+        return pruned
+    return [completed_trial(view, n) for n in dict.fromkeys(args.trial)]
 
 
 def _run_control(args: argparse.Namespace) -> int:
-    from reports.control import comparison_rows, format_comparison, run_controls, verdict
+    from reports.control import comparison_text, control_seeds, run_controls
     from reports.pick import mlflow_client
-    from reports.trial_lookup import completed_trial, open_study
+    from reports.trial_lookup import open_study
 
     view = open_study(stores_from_args(args), args.study)
-    if args.trial is None:
-        raise ADPruneError(f"--trial N is required (make control TRIAL=n); the Pareto trials of study "
-                           f"{view.name!r}: {view.pareto_numbers()}")
-    trial = completed_trial(view, args.trial)
-    results = run_controls(view, trial, mlflow_client(view.stores), args.uniform,
-                           log=lambda line: print(line, flush=True))
-    rows = comparison_rows(trial, results, view.baseline)
-    print(format_comparison(rows))
-    for line in verdict(rows):
-        print(line)
+    kinds = control_kinds(args.kinds, args.uniform)
+    trials = _controlled_trials(view, args)
+    client = mlflow_client(view.stores)
+    for trial in trials:
+        run_controls(view, trial, client, kinds, control_seeds(trial, args.seeds), args.again,
+                     log=lambda line: print(line, flush=True))
+    for trial in trials:
+        print(f"\ntrial {trial.number} beside its controls (means ± sd over seeds; make report shows the same):")
+        for line in comparison_text(view, trial.number):
+            print(line)
     return 0
 
 
 SUBCOMMANDS["pick"] = ("register one trial's pruned network in the MLflow registry and export it",
                        _pick_args, _run_pick)
-SUBCOMMANDS["control"] = ("retrain a trial's final architecture from scratch (and a uniform-width net) as controls",
-                          _control_args, _run_control)
+SUBCOMMANDS["control"] = ("train a trial's controls over seeds: its architecture from scratch, a uniform width, random "
+                          "channels, its own config with other seeds", _control_args, _run_control)

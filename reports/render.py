@@ -15,7 +15,7 @@ import pandas as pd
 
 from reports.figures import PlotlyPage, hypervolume_figure, importance_figure, profile_png, view_figure
 from reports.health import REFERENCE_FACTOR, edge_warnings
-from reports.pareto import ControlInput, finite
+from reports.pareto import CONTROL_LABELS, CONTROL_QUESTIONS, ControlSummary, finite, savings
 from reports.report import Report
 from study.sharing import sharing_text
 
@@ -45,6 +45,19 @@ def fmt_pt(v: Any) -> str:
     return f"{100 * v:+.2f} pt" if finite(v) else DASH
 
 
+def fmt_acc_sd(mean: Any, sd: Any) -> str:
+    """A mean accuracy and its spread over seeds: (0.712, 0.0085) -> '71.20% ± 0.85'; no spread: '71.20%'."""
+    return fmt_acc(mean) + (f" ± {100 * sd:.2f}" if finite(sd) and finite(mean) else "")
+
+
+def fmt_diff(d: Any) -> str:
+    """A ``reports.seeds.Difference``: '+2.10 pt ± 0.60 (higher)', '+2.10 pt (one seed)', or a dash."""
+    if not finite(d.diff):
+        return DASH
+    se = f" ± {100 * d.se:.2f}" if finite(d.se) else ""
+    return f"{fmt_pt(d.diff)}{se} ({d.word})"
+
+
 def fmt_x(v: Any) -> str:
     return f"{v:.2f}x" if finite(v) else DASH
 
@@ -64,14 +77,16 @@ def params_text(row: Mapping[str, Any]) -> str:
 
 # --- tables --------------------------------------------------------------------------------------------
 
-PARETO_HEADERS = ("trial", "val_top1", "accuracy change", "params", "compression params", "flops",
+PARETO_HEADERS = ("trial", "val_top1", "test_top1", "accuracy change", "params", "compression params", "flops",
                   "compression flops", "train compute", "train-compute reduction", "hyperparameters")
+CONTROL_HEADERS = ("network", "seeds", "val_top1", "test_top1", "flops", "train compute", "trial minus it: val_top1",
+                   "trial minus it: test_top1")
 
 
 def pareto_table_rows(report: Report, link: bool) -> list[tuple[str, list[str]]]:
     """(row kind, cells) for the Pareto table: the baseline first (also when not on the front), then by
-    trial number the front and any picked or controlled trial off it, each followed by its controls.
-    Cells are text; with ``link`` they are HTML."""
+    trial number the front and any picked or controlled trial off it, each followed by its controls (one row
+    per kind: means and spreads over its seeds). Cells are text; with ``link`` they are HTML."""
     esc = html.escape if link else (lambda s: s)
     numbers = ([report.baseline] if report.baseline is not None and report.baseline not in report.pareto else [])
     shown = set(report.pareto) | set(report.picked) | {c.control_of for c in report.controls}
@@ -83,24 +98,78 @@ def pareto_table_rows(report: Report, link: bool) -> list[tuple[str, list[str]]]
                                 ("picked", r["picked"])) if on]
         name = f"{number}" + (f" ({', '.join(tags)})" if tags else "")
         cells = [_link(name, r.get("mlflow_url")) if link else name, fmt_acc(r.get("val_top1")),
-                 fmt_pt(r.get("accuracy_change")), fmt_si(r.get("params")), fmt_x(r.get("compression_params")),
+                 fmt_acc(r.get("test_top1")), fmt_pt(r.get("accuracy_change")), fmt_si(r.get("params")),
+                 fmt_x(r.get("compression_params")),
                  fmt_si(r.get("flops")), fmt_x(r.get("compression_flops")), fmt_si(r.get("train_flops_cum")),
                  fmt_x(r.get("train_compute_reduction")), esc(params_text(r) or "(dense baseline)")]
         out.append(("baseline" if r["baseline"] else "pareto", cells))
-        for c in report.controls_of(number):
-            out.append(("control", _control_cells(report, c, r, link)))
+        for summary in report.summaries.get(number, {}).values():
+            out.append(("control", _control_cells(report, summary, link)))
     return out
 
 
-def _control_cells(report: Report, c: ControlInput, trial: Mapping[str, Any], link: bool) -> list[str]:
-    s = report.control_savings.get(c.run_id, {})
-    gain = trial.get("val_top1", math.nan) - c.metrics.get("val_top1", math.nan)
-    name = f"↳ {c.kind} control of {c.control_of}"
-    note = f"trial minus control: {fmt_pt(gain)} (> 0: pruning in training paid)"
-    return [_link(name, c.url) if link else name, fmt_acc(c.metrics.get("val_top1")),
-            fmt_pt(s.get("accuracy_change")), fmt_si(c.metrics.get("params")), fmt_x(s.get("compression_params")),
-            fmt_si(c.metrics.get("flops")), fmt_x(s.get("compression_flops")), fmt_si(c.metrics.get("train_flops_cum")),
+def _control_cells(report: Report, c: ControlSummary, link: bool) -> list[str]:
+    mean = c.stats.mean
+    s = savings(mean, report.baseline_metrics)
+    seeds = f"{c.stats.n} seed{'s' * (c.stats.n != 1)}"
+    if c.kind == "repeat":
+        name, note = f"↳ trial {c.trial} over {seeds} (the trial + repeats)", "the spread of pruning in training"
+    else:
+        name = f"↳ {c.kind} control of {c.trial} ({seeds})"
+        note = f"trial minus control: {fmt_diff(c.vs_trial['val_top1'])} (> 0: pruning in training paid)"
+    latest = c.runs[-1] if c.runs else None
+    return [_link(name, latest.url if latest else None) if link else name,
+            fmt_acc_sd(mean.get("val_top1"), c.stats.sd.get("val_top1")),
+            fmt_acc_sd(mean.get("test_top1"), c.stats.sd.get("test_top1")), fmt_pt(s.get("accuracy_change")),
+            fmt_si(mean.get("params")), fmt_x(s.get("compression_params")), fmt_si(mean.get("flops")),
+            fmt_x(s.get("compression_flops")), fmt_si(mean.get("train_flops_cum")),
             fmt_x(s.get("train_compute_reduction")), html.escape(note) if link else note]
+
+
+def control_table_rows(summaries: Mapping[str, ControlSummary], trial: Mapping[str, Any],
+                       number: int) -> list[list[str]]:
+    """The controls of trial ``number`` (``reports.pareto.control_summaries``) side by side over seeds, as plain
+    text cells: the trial over its seeds (or its own final metrics ``trial`` without repeats), then each control
+    kind with the trial's difference from it (``reports.seeds.compare``)."""
+    own = summaries.get("repeat")
+    r = trial
+    rows = []
+    if own is not None:
+        stats = own.stats
+        rows.append([f"trial {number}, pruned in training", str(stats.n),
+                     fmt_acc_sd(stats.mean.get("val_top1"), stats.sd.get("val_top1")),
+                     fmt_acc_sd(stats.mean.get("test_top1"), stats.sd.get("test_top1")),
+                     fmt_si(stats.mean.get("flops")), fmt_si(stats.mean.get("train_flops_cum")), "", ""])
+    else:
+        rows.append([f"trial {number}, pruned in training", "1", fmt_acc(r.get("val_top1")),
+                     fmt_acc(r.get("test_top1")), fmt_si(r.get("flops")), fmt_si(r.get("train_flops_cum")), "", ""])
+    for kind, c in summaries.items():
+        if kind == "repeat":
+            continue
+        rows.append([CONTROL_LABELS.get(kind, kind), str(c.stats.n),
+                     fmt_acc_sd(c.stats.mean.get("val_top1"), c.stats.sd.get("val_top1")),
+                     fmt_acc_sd(c.stats.mean.get("test_top1"), c.stats.sd.get("test_top1")),
+                     fmt_si(c.stats.mean.get("flops")), fmt_si(c.stats.mean.get("train_flops_cum")),
+                     fmt_diff(c.vs_trial["val_top1"]), fmt_diff(c.vs_trial["test_top1"])])
+    return rows
+
+
+def control_answers(summaries: Mapping[str, ControlSummary]) -> list[str]:
+    """One line per control kind (``reports.pareto.control_summaries``): the question it answers and what the
+    seeds say."""
+    out = []
+    for kind, c in summaries.items():
+        if kind in CONTROL_QUESTIONS:
+            val, test = c.vs_trial["val_top1"], c.vs_trial["test_top1"]
+            out.append(f"{kind}: {CONTROL_QUESTIONS[kind]} trial minus control, val_top1 {fmt_diff(val)}, "
+                       f"test_top1 {fmt_diff(test)}")
+    return out
+
+
+CONTROLS_NOTE = ("Means ± sample standard deviation over seeds (train.seed; the validation split stays the same). "
+                 "'higher'/'lower': the trial's mean differs from the control's by more than 2 standard errors "
+                 "(sqrt(sd_a^2/n_a + sd_b^2/n_b)); 'within noise': it does not; 'one seed': a side has one run, "
+                 "so no spread is known (make controls SEEDS=3).")
 
 
 def _link(text: str, url: str | None) -> str:
@@ -183,7 +252,18 @@ def render_html(report: Report) -> str:
     parts.append("<h3>Pareto-optimal trials</h3>")
     parts.append(html_table(PARETO_HEADERS, pareto_table_rows(report, link=True), "pareto"))
     parts.append('<p class="note">accuracy change: val_top1 minus the baseline\'s, in percentage points; '
-                 "compression and train-compute reduction: the baseline's value divided by the trial's.</p>")
+                 "compression and train-compute reduction: the baseline's value divided by the trial's. "
+                 "test_top1: the dataset's evaluation split, measured once at the end of each run and never "
+                 "read by the search (val_top1 minus test_top1 is the search's optimism).</p>")
+    if report.summaries:
+        parts.append("<h2>Controls: did the method's choices matter?</h2>")
+        parts.append(f'<p class="note">{esc(CONTROLS_NOTE)}</p>')
+        for number in sorted(report.summaries):
+            parts.append(f"<h3>trial {number}</h3>")
+            rows = control_table_rows(report.summaries[number], report.row(number) or {}, number)
+            parts.append(html_table(CONTROL_HEADERS, [("", [esc(c) for c in row]) for row in rows]))
+            parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in
+                                          control_answers(report.summaries[number])) + "</ul>")
 
     parts.append("<h2>Pareto trials, layer by layer</h2>")
     for number in report.pareto:
@@ -263,6 +343,7 @@ def render_markdown(report: Report) -> str:
         lines.append("")
     lines += [f"## Pareto front ({len(report.pareto)} trials)", "",
               md_table(PARETO_HEADERS, [cells for _, cells in pareto_table_rows(report, link=False)]), "",
+              *_markdown_controls(report),
               "## Study health", "", md_table(("state", "trials"), states_rows(report)), "",
               *([_compute_text(report) + ".", ""] if report.sharing is not None and report.sharing.trials else []),
               hypervolume_text(report) + ".", "", "Parameter importance (fANOVA): "
@@ -272,6 +353,17 @@ def render_markdown(report: Report) -> str:
         lines += [md_table(("objective", "most important (importance)"), importance_rows(report)), ""]
     lines += ["Files: " + ", ".join(f"`{f}`" for f in FILES) + ".", ""]
     return "\n".join(lines)
+
+
+def _markdown_controls(report: Report) -> list[str]:
+    if not report.summaries:
+        return []
+    lines = ["## Controls: did the method's choices matter?", "", CONTROLS_NOTE, ""]
+    for number in sorted(report.summaries):
+        rows = control_table_rows(report.summaries[number], report.row(number) or {}, number)
+        lines += [f"### trial {number}", "", md_table(CONTROL_HEADERS, rows), ""]
+        lines += [f"- {line}" for line in control_answers(report.summaries[number])] + [""]
+    return lines
 
 
 def write_report(report: Report, out_dir: str | Path) -> list[Path]:

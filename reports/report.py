@@ -14,7 +14,18 @@ from typing import Any
 from reports import health
 from reports.health import EdgeHit, HypervolumeScale, Importances
 from reports.load import StudyData, control_inputs, trial_history, trial_inputs
-from reports.pareto import ControlInput, LayerProfile, View, baseline_of, layer_profile, savings, trial_rows, views
+from reports.pareto import (
+    ControlInput,
+    ControlSummary,
+    LayerProfile,
+    View,
+    baseline_of,
+    control_summaries,
+    layer_profile,
+    savings,
+    trial_rows,
+    views,
+)
 from study.sharing import SharingTotals, sharing_totals
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -33,6 +44,7 @@ class Report:
     views: list[View]
     controls: list[ControlInput]
     control_savings: dict[str, dict[str, float]]  # control run id -> savings against the baseline
+    summaries: dict[int, dict[str, ControlSummary]]  # controlled COMPLETE trial -> kind -> over its seeds
     profiles: dict[int, LayerProfile]  # Pareto trial -> its layers
     profile_sources: dict[int, str]  # Pareto trial -> where its history was read
     states: dict[str, int]
@@ -54,6 +66,13 @@ class Report:
 
     def controls_of(self, number: int) -> list[ControlInput]:
         return [c for c in self.controls if c.control_of == number]
+
+    @property
+    def baseline_metrics(self) -> dict[str, float] | None:
+        """The baseline's final metrics as in its row (val_top1, test_top1, params, ...), or None."""
+        row = self.row(self.baseline) if self.baseline is not None else None
+        return {k: row[k] for k in ("val_top1", "test_top1", "params", "flops", "train_flops_cum") if k in row} \
+            if row else None
 
 
 def build_report(data: StudyData) -> Report:
@@ -89,6 +108,8 @@ def build_report(data: StudyData) -> Report:
         study=data.name, names=data.names, directions=data.directions, rows=rows, pareto=pareto,
         baseline=base.number if base else None, views=views(rows, data.names, controls), controls=controls,
         control_savings={c.run_id: savings(c.metrics, base.metrics if base else None) for c in controls},
+        summaries={t.number: control_summaries(t, controls) for t in inputs
+                   if t.state == "COMPLETE" and any(c.control_of == t.number for c in controls)},
         profiles=profiles, profile_sources=sources,
         states={s: counts.get(s, 0) for s in STATES if counts.get(s, 0) or s in STATES[:3]},
         infeasible=sum(not t.feasible for t in complete), hv_scale=scale, hv_history=history,

@@ -19,6 +19,11 @@ A study file (``configs/study/<dataset>-<model>.yaml``) holds::
     stopper: {check_at: [0.5], margin: 0.05} # optional: the dominated-trial stopper (study/stopping.py)
     share: {enabled: true, snapshot_gb: 10}  # optional: shared-prefix trials (study/sharing.py), on by default
 
+A study scores its trials on a validation split held out of the training images: ``data.holdout``
+defaults to ``STUDY_HOLDOUT`` (0.1) when base and fixed leave it out, and 0 (scoring on the dataset's
+evaluation split, the test split) is refused. ``test_top1`` is recorded with every trial and never
+read by the search.
+
 Searched keys are trainer keys (``adprune options``; not ``data.*``: a study loads its data once)
 or one of three schedule keys that are relative to the run length, so a space survives a change of
 ``train.epochs`` (E below; fractions round half up):
@@ -61,6 +66,8 @@ STUDY_SECTIONS = ("sampler", "constraints", "stopper", "share")
 STUDY_KEYS = ("base", "fixed", "space", "objectives", *STUDY_SECTIONS)
 DIM_TYPES = ("categorical", "int", "float")
 DEFAULT_MODELS = {"synthetic": "vgg11"}  # every other dataset: vgg19
+STUDY_HOLDOUT = 0.1  # data.holdout of a study that does not set it
+SPLIT_KEYS = ("name", "holdout", "seed", "train_size")  # data keys that decide which images score a trial
 
 
 @dataclass(frozen=True)
@@ -328,10 +335,30 @@ def _trainer_base(base: Any, fixed: dict, base_dir: Path) -> Config:
         if not isinstance(target, dict):
             raise ConfigError(f"base: section {section} must be a mapping, got {target!r}")
         target[name] = value
+    if isinstance(merged.setdefault("data", {}), dict):
+        merged["data"].setdefault("holdout", STUDY_HOLDOUT)
     try:
-        return config_from_dict(merged)
+        cfg = config_from_dict(merged)
     except ConfigError as exc:
         raise ConfigError(f"base + fixed: {exc}") from None
+    if cfg.data.holdout == 0:
+        raise ConfigError("data.holdout: 0 would score every trial on the dataset's evaluation split, the test split "
+                          "kept for test_top1; a study needs a held-out validation split: leave data.holdout out "
+                          f"({STUDY_HOLDOUT}) or set a fraction in (0, 0.5]")
+    return cfg
+
+
+def split_change(stored_spec: Mapping[str, Any] | None, trainer: Config) -> str | None:
+    """How ``trainer``'s validation split differs from the one a study's stored spec (``StudyConfig.spec``)
+    scored its trials on (``SPLIT_KEYS``; a spec from before ``data.holdout`` existed had none: 0), or None."""
+    if not stored_spec:
+        return None
+    stored = (stored_spec.get("base") or {}).get("data") or {}
+    mine = config_to_dict(trainer)["data"]
+    default = {"holdout": 0.0, "seed": 0, "train_size": 0}
+    changed = [f"data.{k} {stored.get(k, default.get(k))!r} -> {mine[k]!r}" for k in SPLIT_KEYS
+               if stored.get(k, default.get(k)) != mine[k]]
+    return ", ".join(changed) or None
 
 
 def _space(raw: dict) -> tuple[Dimension, ...]:

@@ -236,9 +236,12 @@ class TrialRun:
 
         self.rounds += 1
         now, step = _now_ms(), int(event["epoch"])
-        self.client.log_batch(self.run_id, metrics=[
-            Metric("prune_round", self.rounds, now, step), Metric("params_after", event["params_after"], now, step),
-            Metric("flops_after", event["flops_after"], now, step)])
+        metrics = [Metric("prune_round", self.rounds, now, step),
+                   Metric("params_after", event["params_after"], now, step),
+                   Metric("flops_after", event["flops_after"], now, step)]
+        if "val_top1_after_cut" in event:  # the cut network before any retraining (batch norm recalibrated)
+            metrics.append(Metric("val_top1_after_cut", event["val_top1_after_cut"], now, step))
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, state: str, reason: str | None = None, out_dir: Path | None = None,
                interrupted: bool = False) -> None:

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from adprune_core.errors import ConfigError
 from study.objective import WORKER_ATTR, retry_history
 from study.pareto import feasible
-from study.space import StudyConfig
+from study.space import StudyConfig, split_change
 from study.stores import (
     STORAGE_FLAG,
     Stores,
@@ -140,6 +140,11 @@ def open_study(cfg: StudyConfig, name: str, stores: Stores | str | Path,
                           "use another --name (or --runs-dir / --storage) for different objectives")
     if stored is None:
         study.set_user_attr("objectives", mine)
+    changed = split_change(study.user_attrs.get(SPEC_ATTR), cfg.trainer)
+    if changed and study.get_trials(deepcopy=False):
+        raise ConfigError(f"study {name!r} in {stores.describe()} scored its trials on another validation split "
+                          f"({changed}); their values would not compare: use another --name for this split, or "
+                          "the study's own data settings")
     return study
 
 

@@ -28,7 +28,7 @@ from adprune_core.errors import ConfigError
 from study.objective import Objective, worker_id
 from study.samplers import SAMPLERS
 from study.sharing import snapshot_dir
-from study.space import StudyConfig, study_config_from_spec
+from study.space import SPLIT_KEYS, StudyConfig, split_change, study_config_from_spec
 from study.stores import Stores, check_tracking_reachable
 from study.tracking import StudyTracker
 from study.trials import (
@@ -180,6 +180,10 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
         raise ConfigError(f"study {name!r} holds no study config (it was started by an older adprune); "
                           "run make study for it once with this version, then join it")
     cfg = study_config_from_spec(attrs[SPEC_ATTR], overrides, values, source=f"study {name!r}")
+    changed = split_change(attrs[SPEC_ATTR], cfg.trainer)
+    if changed:
+        raise ConfigError(f"--set: {changed} would score this worker's trials on another validation split than "
+                          f"study {name!r}'s; leave the data keys that choose it ({', '.join(SPLIT_KEYS)}) alone")
     target = None if trials is not None else int(attrs[TARGET_ATTR])
     log(f"joined study {name!r} ({stores.describe()}): "
         + (f"{trials} trial(s)" if trials is not None else f"until it holds {target} trial(s)"))

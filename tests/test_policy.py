@@ -13,6 +13,7 @@ from adprune_core.policy import (
     new_width,
     select_channels,
     should_prune,
+    threshold_width,
     worth_pruning,
 )
 
@@ -33,6 +34,22 @@ from adprune_core.policy import (
 )
 def test_new_width(density, width, kwargs, expected):
     assert new_width(density, width, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("densities", "threshold", "kwargs", "expected"),
+    [
+        ([0.9, 0.1, 0.5, 0.3, 0.6], 0.5, {}, 3),  # 0.9, 0.5 (at the threshold counts), 0.6
+        ([0.9, 0.1, 0.5, 0.3, 0.6], 0.95, {}, 1),  # none clears it: min_channels = 1
+        ([0.9, 0.1, 0.5, 0.3, 0.6], 0.95, {"min_channels": 2}, 2),
+        ([0.9, 0.1, 0.5, 0.3, 0.6], 0.5, {"round_to": 2}, 4),  # 3 rounded up to 4
+        ([0.9, 0.8, 0.7], 0.5, {"round_to": 4}, 3),  # rounding never grows a group
+        ([0.1 + 0.2, 0.3], 0.3, {}, 2),  # 0.30000000000000004 and 0.3 both count
+        ([0.2] * 6, 0.0, {}, 6),  # threshold 0 keeps everything
+    ],
+)
+def test_threshold_width(densities, threshold, kwargs, expected):
+    assert threshold_width(densities, threshold, **kwargs) == expected
 
 
 def test_select_keeps_highest_scores_in_index_order():

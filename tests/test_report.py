@@ -25,7 +25,7 @@ from tests.helpers import optuna_uri, tracking_uri
 MLFLOW_URL = "http://mlflow.example:5123"
 STUDY = "tiny"
 TINY = {
-    "base": {"data": {"name": "synthetic", "train_size": 128, "val_size": 64},
+    "base": {"data": {"name": "synthetic", "train_size": 192, "val_size": 64, "holdout": 0.334},  # 128 train, 64 val
              "model": {"name": "vgg11", "width_mult": 0.125},
              "train": {"batch_size": 64, "lr": 0.05, "progress": False, "device": "cpu"},
              "prune": {"schedule": "saturation"}},
@@ -148,7 +148,9 @@ def test_controls_and_picks_sit_beside_their_trial(built, report):
     assert bool(row["picked"]) and report.picked == [n]
     md = (built["dir"] / "summary.md").read_text()
     trial_line = next(i for i, line in enumerate(md.splitlines()) if line.startswith(f"| {n} "))
-    assert md.splitlines()[trial_line + 1].startswith(f"| ↳ scratch control of {n} | 25.00% |")
+    assert md.splitlines()[trial_line + 1].startswith(f"| ↳ scratch control of {n} (1 seed) | 25.00% | – |")
+    test_top1 = f"{100 * row['test_top1']:.2f}%"  # the trial's own row: test_top1 beside val_top1
+    assert md.splitlines()[trial_line].split(" | ")[1:3] == [f"{100 * row['val_top1']:.2f}%", test_top1]
     for view in report.views:
         (control,) = [p for p in view.points if p.control]
         assert (control.number, control.control, control.run_id) == (n, "scratch", built["control_id"])

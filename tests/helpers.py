@@ -108,3 +108,10 @@ def wait_until(proc, log: Path, condition, timeout: float = 300.0, interval: flo
             proc.kill()
             raise AssertionError(f"waiting for {what}, gave up after {timeout} s:\n{log.read_text()}")
         time.sleep(interval)
+
+
+def trial_path(runs: Path, number: int, name: str = "tiny") -> Path | None:
+    """The output folder of trial ``number`` of study ``name`` under runtime folder ``runs``
+    (``<runs>/studies/<name>/<key>/trial-NNNN``, the key unique per study instance); None until it exists."""
+    found = sorted(Path(runs).glob(f"studies/{name}/*/trial-{number:04d}"))
+    return found[-1] if found else None

@@ -3,12 +3,16 @@
 - Stores (``study.stores``): embedded SQLite in one runtime folder by default (``runs/``: Optuna's
   ``<runs>/optuna.db``, MLflow's ``<runs>/mlflow.db`` with artifacts under ``<runs>/mlartifacts/``),
   or PostgreSQL and an MLflow tracking server; trainer output per trial under
-  ``<runs>/studies/<study>/trial-NNNN/``.
+  ``<runs>/studies/<study>/<key>/trial-NNNN/`` (``study.trials.trials_dir``: unique per study instance).
 - A new study runs ``n_trials`` (``study.trials.counted_trials``); the same name again resumes and
-  adds ``n_trials - existing`` (none if already there). The first trial is the dense baseline.
-- A resumed study reseeds its sampler with (seed, finished trials), so that a second session does
-  not replay the first session's random suggestions; a fresh study uses the seed as is, so the same
-  seed gives the same suggestions.
+  adds ``n_trials - existing`` (none if already there; a study without a complete trial says so and
+  runs nothing). The first trial is the dense baseline.
+- Trial n draws from a sampler seeded with (seed, n) (``study.samplers.TrialSeededSampler``): the same
+  seed gives the same suggestions, a resumed session never replays an earlier one's, and sessions or
+  workers that share a study never draw alike.
+- Before the first write the session checks the name, the sampler, the data and the stores; the
+  stores and the study are created and prepared under the runs folder's lock (``study.stores.stores_lock``),
+  so that sessions started together take turns.
 - Several worker processes may share one study (``study.workers``); stale trials, heartbeats and
   retries are ``study.trials``'.
 """

@@ -115,3 +115,16 @@ def trial_path(runs: Path, number: int, name: str = "tiny") -> Path | None:
     (``<runs>/studies/<name>/<key>/trial-NNNN``, the key unique per study instance); None until it exists."""
     found = sorted(Path(runs).glob(f"studies/{name}/*/trial-{number:04d}"))
     return found[-1] if found else None
+
+
+def wait_healthy(proc, log: Path, url: str, timeout: float = 240.0) -> None:
+    """Wait until the MLflow server ``proc`` (its output in ``log``) answers ``<url>/health``."""
+    import requests
+
+    def healthy():
+        try:
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(proc, log, healthy, timeout=timeout, interval=0.5, what="the MLflow server to start")

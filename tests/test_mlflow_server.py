@@ -17,7 +17,7 @@ from adprune_core.cli import main
 from adprune_core.errors import ConfigError
 from study.server_options import LEGACY_DEFAULT_PASSWORD, allowed_hosts, check_admin_password, cors_origins
 from study.stores import Stores, check_tracking_reachable
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, wait_healthy
 from tests.postgres import free_port
 from tests.test_study_run import write_study
 
@@ -61,14 +61,7 @@ def start_server(tmp_path, *args, env=None):
     proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "mlflow-server", "--runs-dir", str(tmp_path),
                              "--port", str(port), "--workers", "1", *args], cwd=ROOT, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
-
-    def healthy():
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_until(proc, log, healthy, timeout=240, interval=0.5, what="the MLflow server to start")
+    wait_healthy(proc, log, f"http://127.0.0.1:{port}")
     return proc, port, log
 
 

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from adprune_core.cli import main
 from study.stores import TRACKING_ENV
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, wait_healthy
 from tests.postgres import free_port
 from tests.test_study_run import artifact_paths, split_runs, write_study
 
@@ -53,14 +53,7 @@ def mlflow_server(postgres, tmp_path_factory):
                              "--allowed-hosts", "mlflow-host"],
                             cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{name}:{port}"
-
-    def healthy():
-        try:
-            return requests.get(f"{url}/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_until(proc, log, healthy, timeout=240, interval=0.5, what="the MLflow server to start")
+    wait_healthy(proc, log, url)
     yield url, log, tmp_path
     os.killpg(proc.pid, 2)  # Ctrl-C to the server and its workers
     try:

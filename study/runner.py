@@ -39,7 +39,14 @@ from study.pareto import completed_baseline, describe_trial, pareto_trials
 from study.retries import quiet_interrupted_trials
 from study.samplers import build_sampler
 from study.space import StudyConfig
-from study.stores import Stores, check_study_name, check_tracking_reachable, empty_store_files, stores_lock
+from study.stores import (
+    Stores,
+    check_study_name,
+    check_tracking_reachable,
+    empty_store_files,
+    sqlite_path,
+    stores_lock,
+)
 from study.tracking import StudyTracker
 from study.trials import (
     DEAD_WORKER_REASON,
@@ -100,9 +107,11 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
     sampler = build_sampler(cfg.sampler)
     data = load_dataset(cfg.trainer.data)
     check_tracking_reachable(stores)
+    # a database server is reached before anything is written here; a SQLite file is created under the lock
+    server = optuna_storage(stores) if sqlite_path(stores.optuna_url) is None else None
     with stores_lock(runs_dir):  # one process of this machine at a time creates the stores and the study
         empty = empty_store_files(stores)
-        storage = optuna_storage(stores)
+        storage = server or optuna_storage(stores)
         study = open_study(cfg, name, stores, storage)
         tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
     for path in empty:

@@ -31,6 +31,10 @@ DB       ?=
 ARTIFACTS ?=
 HOST     ?= 127.0.0.1
 MLFLOW_PORT ?= 5001
+ALLOWED_HOSTS ?=
+CORS_ORIGINS ?=
+AUTH     ?=
+AUTH_DB  ?=
 ifneq ($(STORAGE),)
 export ADPRUNE_STORAGE := $(STORAGE)
 endif
@@ -85,9 +89,10 @@ worker: install  ## make worker STUDY=name [STORAGE=url] [TRACKING=uri] [TRIALS=
 	$(VENV)/bin/adprune worker --study "$(STUDY)" --runs-dir $(RUNS_DIR) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(DATA),--data $(DATA)) $(foreach s,$(SET),--set $(s)) $(if $(filter 0,$(SHARE)),--no-share)
 
-mlflow-server: install  ## make mlflow-server [DB=postgresql://...] [ARTIFACTS=dir] [HOST=127.0.0.1] [MLFLOW_PORT=5001]: a tracking server for several machines
+mlflow-server: install  ## make mlflow-server [DB=postgresql://...] [ARTIFACTS=dir] [HOST=127.0.0.1] [MLFLOW_PORT=5001] [ALLOWED_HOSTS=name,...] [CORS_ORIGINS=url,...] [AUTH=1 [AUTH_DB=url]]: a tracking server for several machines
 	$(VENV)/bin/adprune mlflow-server --runs-dir $(RUNS_DIR) --host $(HOST) --port $(MLFLOW_PORT) \
-		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS))
+		$(if $(ARTIFACTS),--artifacts $(ARTIFACTS)) $(if $(ALLOWED_HOSTS),--allowed-hosts "$(ALLOWED_HOSTS)") \
+		$(if $(CORS_ORIGINS),--cors-origins "$(CORS_ORIGINS)") $(if $(AUTH),--auth) $(if $(AUTH_DB),--auth-db "$(AUTH_DB)")
 
 ui: install  ## the MLflow UI for $(RUNS_DIR) on http://127.0.0.1:$(PORT)
 	$(VENV)/bin/adprune ui --runs-dir $(RUNS_DIR) --port $(PORT)

@@ -14,6 +14,7 @@ widths are enough; the history says where they came from.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,25 +62,89 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+MAX_NUM_CLASSES = 100_000  # bounds on what a model.json may ask to build (a tampered file must not allocate
+MAX_IMAGE_SIDE = 4096       # terabytes before anything checks it)
+_LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a network saved by ``save_model``; in eval mode, on ``device``."""
+    """Rebuild a network saved by ``save_model``; in eval mode, on ``device``. A folder that is not a
+    saved network, or whose ``model.json`` or weights are damaged or do not fit together (unknown groups,
+    widths wider than the network, path-like names, huge numbers), is a one-line ``ADPruneError``."""
     path = Path(path)
     arch_path, weights_path = path / ARCH_FILE, path / WEIGHTS_FILE
     if not arch_path.is_file() or not weights_path.is_file():
         raise ADPruneError(f"{str(path)!r} is not a saved network: it needs {ARCH_FILE} and "
                            f"{WEIGHTS_FILE}; pass the folder written by 'adprune train' (DIR/model)")
-    arch = json.loads(arch_path.read_text())
-    if arch.get("format") != FORMAT:
-        raise ADPruneError(f"{str(arch_path)!r} has format {arch.get('format')!r}; this version reads "
-                           f"{FORMAT!r}")
+    arch = read_architecture(path)
     model_cfg = config_from_dict({"model": arch["model"]}).model
     image_shape = tuple(arch["image_shape"])
     model = prepare_model(build_model(model_cfg, arch["num_classes"], image_shape))
     model.eval()
+    _check_widths(arch_path, model, arch["group_widths"])
     shrink_to_widths(model, arch["group_widths"], torch.zeros(1, *image_shape))
-    model.load_state_dict(load_file(str(weights_path)), strict=True)
+    try:
+        weights = load_file(str(weights_path))
+        model.load_state_dict(weights, strict=True)
+    except Exception as exc:  # a damaged file, or weights of another architecture
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ADPruneError(f"{str(weights_path)!r} does not load into the network {ARCH_FILE} describes "
+                           f"({type(exc).__name__}: {first}); the folder is damaged: export it again") from None
     return model.to(device).eval()
 
 
 def read_architecture(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / ARCH_FILE).read_text())
+    """``model.json`` of the saved network in ``path``, its format and fields checked (``ADPruneError``)."""
+    arch_path = Path(path) / ARCH_FILE
+    try:
+        arch = json.loads(arch_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ADPruneError(f"{str(arch_path)!r} is not readable JSON ({type(exc).__name__}: {exc}); "
+                           "the folder is damaged: export it again") from None
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        found = arch.get("format") if isinstance(arch, dict) else type(arch).__name__
+        raise ADPruneError(f"{str(arch_path)!r} has format {found!r}; this version reads {FORMAT!r}")
+
+    def bad(field: str, value: Any, rule: str) -> ADPruneError:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        return ADPruneError(f"{str(arch_path)!r}: {field} {shown} {rule}; the file was changed or damaged: "
+                            "export the network again")
+
+    if not isinstance(arch.get("model"), dict):
+        raise bad("model", arch.get("model"), "must be a mapping of model settings")
+    classes = arch.get("num_classes")
+    if not _is_int(classes) or not 1 <= classes <= MAX_NUM_CLASSES:
+        raise bad("num_classes", classes, f"must be a whole number from 1 to {MAX_NUM_CLASSES}")
+    shape = arch.get("image_shape")
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) for v in shape)
+            or not 1 <= shape[0] <= 4 or not all(1 <= v <= MAX_IMAGE_SIDE for v in shape[1:])):
+        raise bad("image_shape", shape, f"must be [channels 1-4, height, width], sides 1 to {MAX_IMAGE_SIDE}")
+    widths = arch.get("group_widths")
+    if not isinstance(widths, dict):
+        raise bad("group_widths", widths, "must map layer names to widths")
+    for name, width in widths.items():
+        if not _LAYER_NAME.fullmatch(name):
+            raise bad("group_widths name", name, "is not a layer name (letters, digits and _ joined by dots)")
+        if not _is_int(width) or width < 1:
+            raise bad(f"group_widths[{name!r}]", width, "must be a whole number >= 1")
+    return arch
+
+
+def _check_widths(arch_path: Path, model: nn.Module, widths: Mapping[str, int]) -> None:
+    """Every saved group is a prunable layer of the rebuilt dense ``model`` and no wider than it."""
+    from adprune_core.graph import PRUNABLE
+
+    layers = dict(model.named_modules())
+    for name, width in widths.items():
+        layer = layers.get(name)
+        if not isinstance(layer, PRUNABLE):
+            raise ADPruneError(f"{str(arch_path)!r}: group_widths names {name!r}, which is not a prunable layer "
+                               "of the network it describes; the file was changed or damaged: export it again")
+        full = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        if width > full:
+            raise ADPruneError(f"{str(arch_path)!r}: group_widths[{name!r}] {width} is wider than the layer's "
+                               f"{full} channels; the file was changed or damaged: export it again")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -23,7 +23,8 @@ Nothing in the loop, and no callback, sees it before the run ends.
 Callbacks (``Callback``) see every epoch record and prune event; ``on_epoch_end`` may return a
 reason string to stop the run early (status ``stopped``). A loss that is not finite ends the run
 with status ``diverged``. ``summary.json`` is rewritten atomically after every epoch, so a crash
-loses nothing already recorded.
+loses nothing already recorded; until the run ends its ``final.status`` is ``running`` (what a killed
+run's summary keeps), and a run that Ctrl-C or an error ended says ``interrupted`` or ``failed``.
 
 Checkpoints (``checkpoint_dir``): after every epoch, once the epoch is recorded and any prune is done
 and *before* the callbacks run, the trainer writes ``adprune_core.checkpoint``'s one-file checkpoint
@@ -298,8 +299,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                     if reason and status == "completed":
                         status, stop_reason = "stopped", str(reason)
                 summary["final"] = _final(status, record, state, dense, stop_reason)
-                if out is not None:
-                    write_json(out / SUMMARY_FILE, summary)
+                if out is not None:  # "running" until the network is saved and the run's status written
+                    write_json(out / SUMMARY_FILE, _with_status(summary, "running"))
+        except BaseException as exc:  # Ctrl-C or an error: the summary must not say the run is still going
+            if out is not None and summary["epochs"]:
+                write_json(out / SUMMARY_FILE,
+                           _with_status(summary, "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"))
+            raise
         finally:
             bar.close()
             state.meter.remove()
@@ -599,6 +605,11 @@ def _final(status: str, record: dict[str, Any], state: _State, dense: dict[str, 
     if stop_reason:
         final["stop_reason"] = stop_reason
     return final
+
+
+def _with_status(summary: dict[str, Any], status: str) -> dict[str, Any]:
+    """``summary`` with ``final.status`` = ``status`` (a shallow copy; ``summary`` is not modified)."""
+    return {**summary, "final": {**summary["final"], "status": status}}
 
 
 def _describe(data: ImageData) -> dict[str, Any]:

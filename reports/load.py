@@ -247,12 +247,13 @@ def control_inputs(data: StudyData) -> list[ControlInput]:
 
 def trial_history(data: StudyData, trial: Any) -> tuple[list[dict[str, Any]], list[int], str]:
     """A trial's per-epoch records (``epoch``, ``widths``, ``densities``), its prune epochs, and where they
-    were read: the ``summary.json`` in its ``out_dir`` (as stored, else under ``<runs>/studies/<study>/``),
+    were read: the ``summary.json`` in its ``out_dir`` (as stored, else under ``<runs>/studies/<study>/[<key>/]``),
     else its MLflow run's ``width/<layer>`` and ``density/<layer>`` metrics; ([], [], "") if neither."""
     out_dir = trial.user_attrs.get("out_dir")
     if out_dir:
-        for path in (Path(out_dir) / "summary.json", data.runs_dir / "studies" / data.name / Path(out_dir).name
-                     / "summary.json"):
+        moved = data.runs_dir / "studies" / data.name  # the runs folder moved: <key>/trial-NNNN (or trial-NNNN)
+        for path in (Path(out_dir) / "summary.json", moved / Path(out_dir).parent.name / Path(out_dir).name
+                     / "summary.json", moved / Path(out_dir).name / "summary.json"):
             if path.is_file():
                 summary = json.loads(path.read_text())
                 return summary.get("epochs", []), [e["epoch"] for e in summary.get("prune_events", [])], str(path)

@@ -14,6 +14,11 @@ A pick of COMPLETE trial n of study S (``adprune pick``):
   ``model.onnx`` where the export works, and ``README.md`` on loading it.
 - **Checks**, recorded in ``metrics.json``: the exported folder and the ``models:/`` URI both rebuild a
   network whose outputs on a fixed input equal (``torch.equal``) those of the trial's own saved network.
+- **All or nothing.** The trial's network must load first (a changed or damaged ``model.json``: wrong
+  widths, unknown or path-like group names, huge numbers, another model, is a one-line error); the
+  export is written and checked in a temporary folder, then renamed into place; the registry version is
+  made last and checked. A step that fails undoes the others: no version, the alias where it was, the
+  folder as it was (``pick``).
 
 ``--knee`` chooses the trial with ``reports.knee.find_knee`` over the study's Pareto trials.
 """
@@ -37,6 +42,7 @@ from optuna.trial import FrozenTrial
 from adprune_core.config import config_from_dict
 from adprune_core.errors import ADPruneError
 from adprune_core.export import ARCH_FILE, WEIGHTS_FILE, load_model, read_architecture
+from adprune_core.files import atomic_write
 from reports.knee import FrontPoint, Knee, find_knee
 from reports.load import MODEL_PREFIX, pick_alias, registered_model_name
 from reports.onnx_export import ONNX_FILE, export_onnx, fixed_input
@@ -153,9 +159,22 @@ def mlflow_client(where: Stores | str | Path) -> Any:
     return study_mlflow_client(stores)
 
 
+@dataclass
+class Registration:
+    """A registry entry made by a pick, and what it replaced: enough to undo it (``unregister``)."""
+
+    name: str
+    version: Any
+    source: str
+    run_id: str | None
+    created_model: bool  # the registered model itself was made by this pick
+    previous_alias_version: str | None  # where the alias pointed before
+
+
 def register(client: Any, name: str, trial: FrozenTrial, study: str, out_dir: Path,
-             metrics: Mapping[str, Any]) -> tuple[Any, str]:
-    """A new version of ``name`` for ``trial``, alias ``trial-<n>``; returns (version, source)."""
+             metrics: Mapping[str, Any]) -> Registration:
+    """A new version of ``name`` for ``trial``, alias ``trial-<n>``; returns what was done, for ``unregister``.
+    The trial run is tagged ``adprune.pick`` only once the pick has been checked (``pick``)."""
     from mlflow.exceptions import MlflowException
 
     run_id = trial.user_attrs.get("mlflow_run_id")
@@ -169,22 +188,43 @@ def register(client: Any, name: str, trial: FrozenTrial, study: str, out_dir: Pa
             run_id = None  # the run is gone: register the exported folder instead
     if source is None:
         source, run_id = out_dir.resolve().as_uri(), None
+    created = False
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, tags={"adprune.study": study}, description=(
             f"ADPrune picks of study {study!r}: pruned networks as model.safetensors + model.json, pickle-free; "
             "rebuild with adprune_core.export.load_model. Alias trial-<n> = the newest pick of trial n."))
+        created = True
+    alias = pick_alias(trial.number)
+    try:
+        previous = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        previous = None
     tags = {"adprune.study": study, "adprune.trial": str(trial.number), "adprune.export_dir": str(out_dir.resolve())}
     tags.update({f"adprune.{k}": f"{metrics[k]:.6g}" for k in ("val_top1", "compression_params", "compression_flops",
                                                                 "accuracy_change") if metrics.get(k) is not None})
     version = client.create_model_version(name, source, run_id=run_id, tags=tags, description=(
         f"trial {trial.number} of study {study!r}: val_top1 {metrics['val_top1']:.4f}, "
         f"compression_flops {metrics['compression_flops']:.2f}x"))
-    client.set_registered_model_alias(name, pick_alias(trial.number), version.version)
-    if run_id:
-        client.set_tag(run_id, "adprune.pick", f"{name}/{version.version}")
-    return version, source
+    registration = Registration(name, version, source, run_id, created, previous)
+    try:
+        client.set_registered_model_alias(name, alias, version.version)
+    except BaseException:
+        unregister(client, registration, alias)
+        raise
+    return registration
+
+
+def unregister(client: Any, registration: Registration, alias: str) -> None:
+    """Undo ``register``: delete the version, point the alias back (or drop it), and drop the registered
+    model if the pick made it and it holds no other version."""
+    name = registration.name
+    client.delete_model_version(name, registration.version.version)
+    if registration.previous_alias_version is not None:
+        client.set_registered_model_alias(name, alias, registration.previous_alias_version)
+    if registration.created_model and not client.search_model_versions(f"name = '{name}'"):
+        client.delete_registered_model(name)
 
 
 @contextlib.contextmanager
@@ -227,49 +267,119 @@ def outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
          reason: str | None = None) -> PickResult:
-    """Register and export COMPLETE ``trial`` of ``view`` (see the module docstring); returns what it did."""
+    """Register and export COMPLETE ``trial`` of ``view`` (see the module docstring); returns what it did.
+
+    All or nothing: the trial's network is loaded and checked first (a damaged or changed ``model.json``
+    is a one-line ``ADPruneError``), the export is written into a temporary folder beside ``out`` and
+    checked, then put in place (an earlier pick of the same folder is kept aside until the end), then the
+    registry version is made and checked. When any step fails, the registry version is deleted, the alias
+    points where it did, and the folder is as it was."""
     out = Path(out_dir) if out_dir is not None else default_out_dir(view.runs_dir, view.name, trial.number)
     off_front = pareto_note(view, trial)
     notes = [off_front] if off_front else []
     client = mlflow_client(view.stores)
+    config = trial.user_attrs["config"]
     with tempfile.TemporaryDirectory() as tmp:
         source_dir = trial_model_dir(trial, client, Path(tmp) / "trial")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (WEIGHTS_FILE, ARCH_FILE):
-            shutil.copyfile(source_dir / name, out / name)
-        config = trial.user_attrs["config"]
-        (out / CONFIG_FILE).write_text(f"# resolved trainer config of trial {trial.number} of study {view.name!r}\n"
-                                       + yaml.safe_dump(config, sort_keys=False))
-        baseline = view.baseline
-        metrics = pick_metrics(trial.user_attrs["final"], baseline.user_attrs["final"] if baseline else None,
-                               baseline.number if baseline else None)
-        arch = read_architecture(out)
-        name, alias = registered_model_name(view.name), pick_alias(trial.number)
-        version, source = register(client, name, trial, view.name, out, metrics)
-        # the checks: the trial's network, the exported one and the registry's give equal outputs
+        arch = _checked_architecture(source_dir, trial, config)
         x = fixed_input(tuple(arch["image_shape"]))
-        want = outputs(load_model(source_dir), x)
-        exported = load_model(out)
-        checks = {"export_identical": torch.equal(want, outputs(exported, x))}
-        registry = load_model(download_registered(view.stores, name, alias, Path(tmp) / "registry"))
-        checks["mlflow_identical"] = torch.equal(want, outputs(registry, x))
-    onnx = export_onnx(exported, out / ONNX_FILE, tuple(arch["image_shape"]))
+        want = outputs(load_model(source_dir), x)  # the trial's own network: it must load before anything else
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        backup: Path | None = None
+        swapped = False
+        registration: Registration | None = None
+        alias = pick_alias(trial.number)
+        try:
+            for name in (WEIGHTS_FILE, ARCH_FILE):
+                shutil.copyfile(source_dir / name, staging / name)
+            (staging / CONFIG_FILE).write_text(f"# resolved trainer config of trial {trial.number} of study "
+                                               f"{view.name!r}\n" + yaml.safe_dump(config, sort_keys=False))
+            exported = load_model(staging)
+            checks = {"export_identical": torch.equal(want, outputs(exported, x))}
+            if not checks["export_identical"]:
+                raise ADPruneError(f"the export of trial {trial.number} gives other outputs than the trial's own "
+                                   f"network ({source_dir}); nothing was registered (please report this)")
+            onnx = export_onnx(exported, staging / ONNX_FILE, tuple(arch["image_shape"]))
+            backup = _swap_in(staging, out)
+            swapped = True
+            baseline = view.baseline
+            metrics = pick_metrics(trial.user_attrs["final"], baseline.user_attrs["final"] if baseline else None,
+                                   baseline.number if baseline else None)
+            registration = register(client, registered_model_name(view.name), trial, view.name, out, metrics)
+            registry = load_model(download_registered(view.stores, registration.name, alias, Path(tmp) / "registry"))
+            checks["mlflow_identical"] = torch.equal(want, outputs(registry, x))
+            if not checks["mlflow_identical"]:
+                raise ADPruneError(f"the registry's copy of trial {trial.number} ({registration.source}) gives other "
+                                   "outputs than the trial's own network; its version was removed again")
+            record = {"study": view.name, "trial": trial.number,
+                      "baseline_trial": bool(trial.user_attrs.get("baseline")),
+                      "objectives": dict(zip(view.objective_names, trial.values)), "on_pareto_front": off_front is None,
+                      **metrics, "params_searched": dict(trial.params),
+                      "input": input_description(config, arch["image_shape"]), "num_classes": arch["num_classes"],
+                      "registry": {"tracking_uri": redact(view.stores.tracking_uri), "name": registration.name,
+                                   "version": registration.version.version, "alias": alias,
+                                   "uri": f"models:/{registration.name}@{alias}", "source": registration.source},
+                      "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "onnx": onnx, "checks": checks,
+                      "knee_reason": reason}
+            atomic_write(out / METRICS_FILE, lambda path: path.write_text(json.dumps(record, indent=2, default=float)))
+            atomic_write(out / README_FILE, lambda path: path.write_text(readme_text(record, config, out)))
+            if registration.run_id:
+                client.set_tag(registration.run_id, "adprune.pick",
+                               f"{registration.name}/{registration.version.version}")
+        except BaseException:
+            if registration is not None:
+                unregister(client, registration, alias)
+            if swapped:
+                _swap_back(out, backup)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
     if onnx.get("error"):
         notes.append(f"no ONNX export ({onnx['error']}); the pick has the safetensors network only")
     elif onnx.get("matches_torch") is False:
         notes.append(f"ONNX outputs differ from PyTorch's: {onnx['note']}")
-    notes += [f"check failed: {k} is false (please report this)" for k, ok in checks.items() if not ok]
-    record = {"study": view.name, "trial": trial.number, "baseline_trial": bool(trial.user_attrs.get("baseline")),
-              "objectives": dict(zip(view.objective_names, trial.values)), "on_pareto_front": off_front is None,
-              **metrics, "params_searched": dict(trial.params),
-              "input": input_description(config, arch["image_shape"]), "num_classes": arch["num_classes"],
-              "registry": {"tracking_uri": redact(view.stores.tracking_uri), "name": name, "version": version.version,
-                           "alias": alias, "uri": f"models:/{name}@{alias}", "source": source},
-              "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "onnx": onnx, "checks": checks,
-              "knee_reason": reason}
-    (out / METRICS_FILE).write_text(json.dumps(record, indent=2, default=float))
-    (out / README_FILE).write_text(readme_text(record, config, out))
-    return PickResult(view.name, trial.number, out, name, str(version.version), alias, source, record, notes, reason)
+    return PickResult(view.name, trial.number, out, registration.name, str(registration.version.version), alias,
+                      registration.source, record, notes, reason)
+
+
+def _checked_architecture(source_dir: Path, trial: FrozenTrial, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial network's ``model.json``, checked (``adprune_core.export.read_architecture``) and matched
+    with the trial's own config: a file changed after training is a one-line ``ADPruneError``."""
+    arch = read_architecture(source_dir)
+    trained = {k: list(v) if isinstance(v, tuple) else v for k, v in config["model"].items()}
+    if arch["model"] != trained:
+        changed = sorted(k for k in arch["model"].keys() | trained.keys() if arch["model"].get(k) != trained.get(k))
+        raise ADPruneError(f"{str(source_dir / ARCH_FILE)!r}: model {changed[0]} is {arch['model'].get(changed[0])!r}, "
+                           f"but trial {trial.number} trained {trained.get(changed[0])!r}; the file was changed or "
+                           "damaged: nothing was registered or exported")
+    return arch
+
+
+def _swap_in(staging: Path, out: Path) -> Path | None:
+    """Rename the finished export ``staging`` to ``out`` (same folder: one rename). An existing ``out`` (an
+    earlier pick) is renamed aside first and its new name returned, for ``_swap_back``; None if there was none."""
+    backup = None
+    if out.exists():
+        if not out.is_dir():
+            raise ADPruneError(f"--out: {out} is a file, not a folder; give a folder for the export")
+        backup = out.with_name(f".{out.name}.previous-{os.getpid()}")
+        os.replace(out, backup)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, out)
+        raise
+    return backup
+
+
+def _swap_back(out: Path, backup: Path | None) -> None:
+    """Undo ``_swap_in``: remove the new ``out`` and put the earlier one (if any) back."""
+    shutil.rmtree(out, ignore_errors=True)
+    if backup is not None and backup.exists():
+        os.replace(backup, out)
 
 
 def _acc(value: Any) -> str:

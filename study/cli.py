@@ -9,6 +9,7 @@
                    [--no-share] [--snapshot-dir DIR]
     adprune snapshots [--runs-dir runs] [--snapshot-dir DIR] [--remove]
     adprune mlflow-server [--backend-store URI] [--artifacts DIR] [--host 127.0.0.1] [--port 5001]
+                          [--allowed-hosts NAMES] [--cors-origins ORIGINS] [--auth [--auth-db URI]]
     adprune ui [--runs-dir runs] [--port 5000]
 
 ``--set`` takes trainer keys (added to the study's ``fixed``) or ``sampler.*``, ``stopper.*``,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -27,6 +29,15 @@ from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ConfigError
+from study.server_options import (
+    ADMIN_PASSWORD_ENV,
+    allowed_hosts,
+    check_admin_password,
+    cors_origins,
+    machine_names,
+    split_names,
+    write_auth_config,
+)
 from study.stores import STORAGE_ENV, TRACKING_ENV, Stores, location, without_credentials
 
 RUNS_DIR_ENV = "RUNS_DIR"
@@ -34,6 +45,7 @@ DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
 STORE_FLAGS = ("--storage", "--tracking")
 MLFLOW_SERVER_PORT = 5001
 MLFLOW_BACKEND_ENV = "ADPRUNE_MLFLOW_BACKEND"  # make mlflow-server DB=...
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"  # MLflow's: the basic-auth app's CSRF key
 
 
 def default_runs_dir() -> str:
@@ -185,7 +197,8 @@ def _run_study(args: argparse.Namespace) -> int:
         runs_dir = args.runs_dir or default_runs_dir()
         print(f"browse: make ui{'' if runs_dir == 'runs' else f' RUNS_DIR={runs_dir}'}  "
               f"(adprune ui --runs-dir {runs_dir})")
-    return 0
+    stuck = report.ran == 0 and not any(t["state"] == "COMPLETE" for t in report.trials)
+    return 1 if stuck else 0  # nothing to run, and nothing completed: not a success
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
@@ -236,14 +249,28 @@ def _run_snapshots(args: argparse.Namespace) -> int:
 
 
 def mlflow_server_command(backend_store: str, artifacts: str | Path, host: str, port: int,
-                          workers: int = 2) -> tuple[list[str], dict[str, str]]:
+                          workers: int = 2, allowed_hosts: list[str] | None = None,
+                          cors_origins: list[str] | None = None,
+                          auth_config: Path | None = None) -> tuple[list[str], dict[str, str]]:
     """The ``mlflow server`` command line and the environment it adds: runs and the model registry in
     ``backend_store`` (passed in the environment, so that its password is not on a command line),
-    artifacts served by the server from the folder ``artifacts`` (clients need no access to it)."""
+    artifacts served by the server from the folder ``artifacts`` (clients need no access to it); the Host
+    names and browser origins it accepts, and MLflow's basic-auth app with ``auth_config``
+    (``study.server_options``)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts",
            "--artifacts-destination", Path(artifacts).resolve().as_uri(),
            "--host", host, "--port", str(port), "--workers", str(workers)]
-    return cmd, {"MLFLOW_BACKEND_STORE_URI": backend_store}
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", ",".join(allowed_hosts)]
+    if cors_origins:
+        cmd += ["--cors-allowed-origins", ",".join(cors_origins)]
+    env = {"MLFLOW_BACKEND_STORE_URI": backend_store}
+    if auth_config is not None:
+        cmd += ["--app-name", "basic-auth"]
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config)
+        # the UI's CSRF tokens are signed with it; one server's processes share it (several servers: set it)
+        env[SECRET_KEY_ENV] = os.environ.get(SECRET_KEY_ENV) or secrets.token_hex(32)
+    return cmd, env
 
 
 def _mlflow_server_args(p: argparse.ArgumentParser) -> None:
@@ -253,34 +280,60 @@ def _mlflow_server_args(p: argparse.ArgumentParser) -> None:
                         f"${MLFLOW_BACKEND_ENV}, else sqlite <runs>/mlflow-server.db)")
     p.add_argument("--artifacts", default=None, help="artifact folder (default <runs>/mlflow-server-artifacts)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (default 127.0.0.1; 0.0.0.0 lets other machines in: no authentication)")
+                   help="interface to bind (default 127.0.0.1; 0.0.0.0 lets other machines in)")
     p.add_argument("--port", type=int, default=MLFLOW_SERVER_PORT, help=f"port (default {MLFLOW_SERVER_PORT})")
     p.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    p.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                   help="more host names clients may use in the server's URL, comma-separated (this machine's "
+                        "names, localhost and private addresses are always allowed)")
+    p.add_argument("--cors-origins", default=None, metavar="ORIGINS",
+                   help="more browser origins for the UI, e.g. https://mlflow.example.org (comma-separated)")
+    p.add_argument("--auth", action="store_true",
+                   help=f"require a login (MLflow's basic-auth app); the admin's password in ${ADMIN_PASSWORD_ENV}")
+    p.add_argument("--auth-db", default=None, metavar="URI",
+                   help="database of users and permissions under --auth (default sqlite <runs>/mlflow-auth.db)")
 
 
 def _run_mlflow_server(args: argparse.Namespace) -> int:
     from study.stores import DATABASES, check_url, sqlite_url
 
     runs_dir = Path(args.runs_dir or default_runs_dir())
-    runs_dir.mkdir(parents=True, exist_ok=True)
     given = args.backend_store or os.environ.get(MLFLOW_BACKEND_ENV)
     backend_store = (check_url(given, "the MLflow server's database", DATABASES, "--backend-store",
                                "postgresql://USER@HOST:5432/mlflow or sqlite:///path/mlflow-server.db")
                      if given else sqlite_url(runs_dir / "mlflow-server.db"))
-    artifacts = Path(args.artifacts or runs_dir / "mlflow-server-artifacts")
-    artifacts.mkdir(parents=True, exist_ok=True)
+    auth_db = None
+    if args.auth:
+        check_admin_password(os.environ)
+        auth_db = (check_url(args.auth_db, "the users' database", DATABASES, "--auth-db",
+                             "sqlite:///path/mlflow-auth.db or postgresql://USER@HOST:5432/mlflow_auth")
+                   if args.auth_db else sqlite_url(runs_dir / "mlflow-auth.db"))
     if not _has_mlflow():
         raise ConfigError("mlflow is not installed; run make install")
+    names = machine_names()
+    extra = split_names(args.allowed_hosts)
+    hosts = allowed_hosts(args.host, names, extra)
+    origins = cors_origins(args.port, [*names, *(n for n in extra if n != "*")], split_names(args.cors_origins))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(args.artifacts or runs_dir / "mlflow-server-artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    auth_config = write_auth_config(runs_dir, auth_db) if auth_db else None
     shown_host = "HOST" if args.host in ("0.0.0.0", "::") else args.host
     print(f"MLflow tracking server on http://{args.host}:{args.port}: runs in {location(backend_store)}, "
           f"artifacts in {artifacts}  (Ctrl-C stops it)\n"
           f"  studies and workers use it with --tracking http://{shown_host}:{args.port} "
-          f"(make study TRACKING=..., make worker TRACKING=...)", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: bound to {args.host}: anyone who reaches this port can read and write runs "
-              "(MLflow's server has no authentication by default)", file=sys.stderr)
+          f"(make study TRACKING=..., make worker TRACKING=...)\n"
+          f"  host names it answers to: {', '.join(dict.fromkeys(['localhost', *names, *extra]))} and private "
+          "addresses (more: make mlflow-server ALLOWED_HOSTS=name,...)", flush=True)
+    if auth_config is not None:
+        print(f"  logins required (MLflow basic auth; users in {location(auth_db)}): clients set "
+              "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD", flush=True)
+    elif args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: bound to {args.host}: anyone who reaches this port can read and write runs; "
+              "make mlflow-server AUTH=1 requires a login", file=sys.stderr)
     try:
-        cmd, env = mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers)
+        cmd, env = mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers, hosts,
+                                         origins, auth_config)
         return subprocess.call(cmd, env={**os.environ, **env})
     except KeyboardInterrupt:
         return 0

@@ -8,15 +8,18 @@ The trial's values are the final metrics named by the study's objectives. What e
 - stopped by the dominated-trial stopper: ``optuna.TrialPruned`` -> state PRUNED;
 - diverged (loss not finite): state FAIL with the reason. A diverged run has no meaningful end
   point: its partial ``train_flops_cum`` would put it on the Pareto front for nothing;
-- an exception: state FAIL with the error recorded; the study goes on (``optimize(catch=...)``).
+- an exception: state FAIL with the error recorded; the study goes on (``optimize(catch=...)``);
+- Ctrl-C: state FAIL with ``fail_reason`` "interrupted", and a WAITING retry is enqueued
+  (``study.retries``); the command ends.
 
 Checkpoints and retries: the trainer checkpoints every epoch into ``<out_dir>/checkpoint/``. A trial
-that retries one whose worker died (Optuna's ``RetryHeartbeatStaleTrialCallback`` copy, see
-``study/trials.py``) copies that trial's last checkpoint into its own folder and resumes from it:
+that retries one whose worker died or that Ctrl-C ended (``study.retries.enqueue_retry``) gets its own
+MLflow run, copies that trial's last checkpoint into its own folder and resumes from it:
 the finished epochs are not recomputed, their records come from the checkpoint (and are logged to
 the retry's MLflow run too). It records ``retry_of`` (the trial it continues) and, when it resumed,
-``resumed_from_epoch``; a checkpoint of another config (``EPOCHS`` changed between sessions) is not
-resumed (``resume_skipped`` says why) and the retry starts from scratch.
+``resumed_from_epoch``; a checkpoint of another config (``EPOCHS`` changed between sessions) or one that
+cannot be read (a truncated file) is not resumed (``resume_skipped`` says why) and the retry starts
+from scratch. A trial never writes into a folder that already holds files (``_check_unused``).
 
 Shared prefixes (``study/sharing.py``, with a snapshot folder and ``share.enabled``): a trial forks from
 the latest usable epoch snapshot of its prefix and writes the fork points' snapshots the store lacks. It
@@ -47,9 +50,11 @@ import optuna
 from adprune_core import checkpoint
 from adprune_core.config import config_to_dict
 from adprune_core.data import ImageData
+from adprune_core.errors import ConfigError
 from adprune_core.snapshots import Sharing, SnapshotStore
 from adprune_core.trainer import train
 from study.pareto import completed_baseline
+from study.retries import INTERRUPTED_REASON, RUN_ATTRS, enqueue_retry
 from study.sharing import fork_epochs, plan_trial, trial_sharing
 from study.space import StudyConfig, baseline_config, suggest, trial_config
 from study.stopping import DominatedTrialStopper, compact_record
@@ -57,6 +62,20 @@ from study.tracking import StudyTracker, TrialRun
 
 WORKER_ATTR = "worker"
 CHECKPOINT_DIR = "checkpoint"
+
+
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The stored state of running ``trial`` (its system attrs and user attrs as written so far)."""
+    return next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def _check_unused(out: Path) -> None:
+    """Refuse to train into ``out`` when it already holds files: another study's or run's results (trial
+    folders are unique per study, ``study.trials.trials_dir``; this guards against anything else)."""
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        raise ConfigError(f"trial folder {out} already holds files ({', '.join(held[:4])}): another study's or "
+                          "run's results; not writing into it: move it away, or use another --runs-dir")
 
 
 def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
@@ -108,6 +127,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         trial.set_user_attr(WORKER_ATTR, worker_id())  # first: this trial beats a heartbeat (runner.py)
         baseline = bool(trial.user_attrs.get("baseline"))
+        retry_of = self._retry_of(trial)
         params = {} if baseline else suggest(trial, self.cfg.space)
         run: TrialRun | None = None
         out = self.trials_dir / f"trial-{trial.number:04d}"
@@ -120,11 +140,11 @@ class Objective:
                                ("records", []), ("reused_epochs", 0), ("forked_from", None), ("fork_skipped", None),
                                ("snapshot_skipped", None)):  # a retry's copied attrs describe the dead trial
                 trial.set_user_attr(key, value)
-            retry_of = self._retry_of(trial)
-            resume = retry_of is not None and self._take_checkpoint(trial, retry_of, out, config)
-            if self.tracker is not None:
+            if self.tracker is not None:  # before anything else can fail: every failure is in MLflow too
                 run = self.tracker.start_trial(trial.number, baseline, params, config, out, retry_of=retry_of)
                 trial.set_user_attr("mlflow_run_id", run.run_id)
+            _check_unused(out)
+            resume = retry_of is not None and self._take_checkpoint(trial, retry_of, out, config)
             callbacks: list[Any] = [_Recorder(trial)]
             if run is not None:
                 callbacks.append(run)
@@ -144,10 +164,16 @@ class Objective:
             if run is not None:
                 run.finish("FAIL", reason, out)
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
+        except KeyboardInterrupt:  # Ctrl-C: retried from its checkpoint like a trial whose worker died
+            trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+            frozen = _frozen(trial)
+            enqueue_retry(trial.study, frozen, interrupted=True)
+            done = len(frozen.user_attrs.get("records") or [])
+            print(f"trial {trial.number} interrupted after {done} epoch(s); it will be retried"
+                  + (" from its checkpoint" if done else ""), flush=True)
             if run is not None:
-                run.finish("FAIL", "interrupted", out, interrupted=True)
+                run.finish("FAIL", INTERRUPTED_REASON, out, interrupted=True)
+                run.client.set_tag(run.run_id, "adprune.retried", "true")
             raise
 
         trial.set_user_attr("status", final["status"])
@@ -196,20 +222,27 @@ class Objective:
 
     def _retry_of(self, trial: optuna.Trial) -> int | None:
         """The trial this one retries (the last of its retry history), or None."""
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-        history = retry_history(frozen)
+        history = retry_history(_frozen(trial))
         if not history:
             return None
         trial.set_user_attr("retry_of", history[-1])
-        for key in ("resumed_from_epoch", "resume_skipped"):  # copied from an earlier retry: not this one's
-            if key in trial.user_attrs:
+        for key in RUN_ATTRS:  # a retry enqueued by an older version copied the dead run's attrs: not this one's
+            if key not in ("worker", "retry_of") and trial.user_attrs.get(key) is not None:
                 trial.set_user_attr(key, None)
         return history[-1]
 
     def _take_checkpoint(self, trial: optuna.Trial, retry_of: int, out: Path, config: dict[str, Any]) -> bool:
         """Copy trial ``retry_of``'s last checkpoint into ``out``; whether there is one to resume from."""
         source = self.trials_dir / f"trial-{retry_of:04d}" / CHECKPOINT_DIR
-        state = checkpoint.read_state(source)
+        try:
+            state = checkpoint.read_state(source)
+            if state is not None:
+                checkpoint.load_checkpoint(source)  # every tensor: a truncated file fails here, not in train
+        except Exception as exc:  # a damaged file (SafetensorError, bad JSON, not a checkpoint): start afresh
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            trial.set_user_attr("resume_skipped", f"trial {retry_of}'s checkpoint {checkpoint.checkpoint_path(source)} "
+                                f"is unreadable ({type(exc).__name__}: {first}); started from scratch")
+            return False
         if state is None:
             trial.set_user_attr("resume_skipped", f"no checkpoint of trial {retry_of} in {source} (it died before "
                                 "its first epoch ended, or ran on another machine)")

@@ -3,12 +3,16 @@
 - Stores (``study.stores``): embedded SQLite in one runtime folder by default (``runs/``: Optuna's
   ``<runs>/optuna.db``, MLflow's ``<runs>/mlflow.db`` with artifacts under ``<runs>/mlartifacts/``),
   or PostgreSQL and an MLflow tracking server; trainer output per trial under
-  ``<runs>/studies/<study>/trial-NNNN/``.
+  ``<runs>/studies/<study>/<key>/trial-NNNN/`` (``study.trials.trials_dir``: unique per study instance).
 - A new study runs ``n_trials`` (``study.trials.counted_trials``); the same name again resumes and
-  adds ``n_trials - existing`` (none if already there). The first trial is the dense baseline.
-- A resumed study reseeds its sampler with (seed, finished trials), so that a second session does
-  not replay the first session's random suggestions; a fresh study uses the seed as is, so the same
-  seed gives the same suggestions.
+  adds ``n_trials - existing`` (none if already there; a study without a complete trial says so and
+  runs nothing). The first trial is the dense baseline.
+- Trial n draws from a sampler seeded with (seed, n) (``study.samplers.TrialSeededSampler``): the same
+  seed gives the same suggestions, a resumed session never replays an earlier one's, and sessions or
+  workers that share a study never draw alike.
+- Before the first write the session checks the name, the sampler, the data and the stores; the
+  stores and the study are created and prepared under the runs folder's lock (``study.stores.stores_lock``),
+  so that sessions started together take turns.
 - Several worker processes may share one study (``study.workers``); stale trials, heartbeats and
   retries are ``study.trials``'.
 - Shared prefixes (``study.sharing``): trials fork from epoch snapshots in ``<runs>/snapshots/`` (or
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from adprune_core import interrupts
@@ -33,15 +38,23 @@ from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
 from study.objective import Objective, retry_history
 from study.pareto import completed_baseline, describe_trial, pareto_trials
-from study.samplers import SAMPLERS
+from study.retries import quiet_interrupted_trials
+from study.samplers import build_sampler
 from study.sharing import SharingTotals, sharing_text, sharing_totals, snapshot_dir
 from study.space import StudyConfig
-from study.stores import Stores, check_tracking_reachable
+from study.stores import (
+    Stores,
+    check_study_name,
+    check_tracking_reachable,
+    empty_store_files,
+    sqlite_path,
+    stores_lock,
+)
 from study.tracking import StudyTracker
 from study.trials import (
     DEAD_WORKER_REASON,
-    FINISHED,
     MAX_RETRY,
+    FINISHED,
     SPEC_ATTR,
     TARGET_ATTR,
     baseline_waiting,
@@ -50,9 +63,9 @@ from study.trials import (
     fail_stale_trials,
     open_study,
     optuna_storage,
-    sampler_seed,
     target_reached,
     trial_line,
+    trials_dir,
 )
 from study.workers import make_good, split_quotas, wait_for_workers
 
@@ -92,14 +105,26 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
     ``snapshots``: the snapshot folder of shared prefixes (default ``<runs>/snapshots``)."""
     if n_trials < 1:
         raise ConfigError(f"--trials: {n_trials} must be >= 1 (the baseline counts as one)")
+    check_study_name(name)
     stores = Stores.of(stores)
     runs_dir = stores.runs_dir
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # (the "optuna" logger's level)
-    storage = optuna_storage(stores)
+    quiet_interrupted_trials()
+    # Everything that can be refused is checked before the first write: the sampler, the data, the stores.
+    sampler = build_sampler(cfg.sampler)
+    data = load_dataset(cfg.trainer.data)
     check_tracking_reachable(stores)
-    study = open_study(cfg, name, stores, storage)
-    study.set_user_attr(SPEC_ATTR, json.loads(cfg.spec))
-    study.set_user_attr(TARGET_ATTR, n_trials)
+    # a database server is reached before anything is written here; a SQLite file is created under the lock
+    server = optuna_storage(stores) if sqlite_path(stores.optuna_url) is None else None
+    with stores_lock(runs_dir):  # one process of this machine at a time creates the stores and the study
+        empty = empty_store_files(stores)
+        storage = server or optuna_storage(stores)
+        study = open_study(cfg, name, stores, storage)
+        tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
+    for path in empty:
+        log(f"WARNING: the store file {path} was empty (0 bytes): whatever it held is gone (restore it from a "
+            "backup if it held studies); a new, empty store was made in it. Earlier trial folders are kept: "
+            "this study writes into a folder of its own")
     stale = fail_stale_trials(study, storage, log=log)
     if stale.left_running:
         log(f"marked {len(stale.left_running)} trial(s) left running by an interrupted process as FAIL")
@@ -110,25 +135,32 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
     if stale.alive:
         log(f"trial(s) {', '.join(map(str, stale.alive))} still beat their heartbeat: another process runs them")
     trials = study.get_trials(deepcopy=False)
-    finished = len(counted_trials(trials))
-    ended = sum(t.state in FINISHED for t in trials)  # retried FAILs too: any earlier draw moves the seed
-    study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, sampler_seed(cfg.sampler.seed, ended))
+    counted = counted_trials(trials)
+    finished = len(counted)
+    study.sampler = sampler
     to_run = max(0, n_trials - finished)
-    data = load_dataset(cfg.trainer.data) if to_run else None  # a data error ends the command before any trial
-    if to_run and enqueue_baseline(study):
-        log("enqueued the dense baseline (prune.schedule=none) as the first trial" if not trials else
-            "re-enqueued the dense baseline (no completed baseline in the study)")
+    with stores_lock(runs_dir):
+        study.set_user_attr(SPEC_ATTR, json.loads(cfg.spec))
+        study.set_user_attr(TARGET_ATTR, n_trials)
+        if to_run and enqueue_baseline(study):
+            log("enqueued the dense baseline (prune.schedule=none) as the first trial" if not trials else
+                "re-enqueued the dense baseline (no completed baseline in the study)")
+        if to_run:
+            tracker.open(study, study_record(cfg))
     _warn_epochs(trials, cfg, log)
-    if trials:
-        log(f"resuming study {name!r}: {finished} trial(s) done; "
-            + (f"adding {to_run} to reach {n_trials}" if to_run else f"already >= {n_trials}, nothing to run"))
-    else:
+    if not trials:
         log(f"new study {name!r}: {to_run} trial(s), the baseline included")
+    elif to_run:
+        log(f"resuming study {name!r}: {finished} trial(s) done; adding {to_run} to reach {n_trials}")
+    elif any(t.state == TrialState.COMPLETE for t in counted):
+        log(f"resuming study {name!r}: {finished} trial(s) done; already >= {n_trials}, nothing to run")
+    else:
+        log(f"study {name!r} holds {finished} trial(s) and none of them completed ({_state_counts(counted)}); "
+            f"nothing was run: fix why they failed (make report, or the trials' fail_reason), then run more with "
+            f"a higher target (make study TRIALS={finished + 1} or more)")
 
-    if data is not None:
-        tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
-        tracker.open(study, study_record(cfg), alive_run_ids=_run_ids(trials, stale.alive))
-        objective = Objective(cfg, data, runs_dir / "studies" / name, tracker, progress=progress,
+    if to_run:
+        objective = Objective(cfg, data, trials_dir(study, runs_dir), tracker, progress=progress,
                               snapshot_dir=snapshot_dir(runs_dir, snapshots))
         bar = tqdm(total=to_run, unit="trial", desc=f"study {name}", disable=not progress, dynamic_ncols=True,
                    position=0)
@@ -185,8 +217,10 @@ def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran
                        retried=retried, sharing=sharing_totals(t.user_attrs for t in trials if t.state in FINISHED))
 
 
-def _run_ids(trials: list[optuna.trial.FrozenTrial], numbers: list[int]) -> set[str]:
-    return {t.user_attrs["mlflow_run_id"] for t in trials if t.number in numbers and "mlflow_run_id" in t.user_attrs}
+def _state_counts(trials: list[optuna.trial.FrozenTrial]) -> str:
+    states = [t.state.name for t in trials]
+    return ", ".join(f"{states.count(s)} {word}" for s, word in (("COMPLETE", "complete"), ("PRUNED", "pruned"),
+                                                                  ("FAIL", "failed")) if s in states)
 
 
 def _warn_epochs(trials: list[optuna.trial.FrozenTrial], cfg: StudyConfig, log: Any) -> None:

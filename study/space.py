@@ -256,10 +256,34 @@ def study_config_from_spec(spec: Mapping[str, Any], overrides: Iterable[str] = (
     """A study as stored with it (``StudyConfig.spec``, e.g. in the Optuna study a worker joins), with
     overrides applied as in ``load_study_config`` (``data.root=...`` for this machine's copy of the data)."""
     raw = _apply_overrides(json.loads(json.dumps(spec)), overrides, values, source)
+    if isinstance(raw, dict) and isinstance(raw.get("space"), dict):
+        raw["space"] = conditions_first(raw["space"])
     try:
         return study_config_from_dict(raw, source=source)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def conditions_first(space: Mapping[str, Any]) -> dict[str, Any]:
+    """``space`` reordered so that every key comes after the keys its ``when`` names, otherwise in its
+    order (a stable topological order). A study stored by an older version kept its space keys sorted
+    alphabetically, which put ``prune.density_tol`` (``when: prune.schedule``) before its condition's key;
+    a key whose condition names no key of the space keeps its place (``_when`` then says what is wrong)."""
+    keys = list(space)
+    ordered: dict[str, Any] = {}
+
+    def place(key: str, visiting: frozenset[str]) -> None:
+        if key in ordered or key in visiting:
+            return
+        when = space[key].get("when") if isinstance(space[key], Mapping) else None
+        for ref in (when if isinstance(when, Mapping) else {}):
+            if ref in space:
+                place(ref, visiting | {key})
+        ordered[key] = space[key]
+
+    for key in keys:
+        place(key, frozenset())
+    return ordered
 
 
 def _apply_overrides(raw: Any, overrides: Iterable[str], values: Mapping[str, Any] | None, where: str) -> Any:
@@ -293,7 +317,7 @@ def study_config_from_dict(raw: Any, base_dir: Path = Path("."), source: str = "
                       max_accuracy_drop=_constraints(raw.get("constraints")),
                       stopper=_stopper(raw.get("stopper")), share=_share(raw.get("share")), source=source,
                       spec=json.dumps({**{k: v for k, v in raw.items() if k not in ("base", "fixed")},
-                                       "base": config_to_dict(trainer)}, sort_keys=True, default=str))
+                                       "base": config_to_dict(trainer)}, default=str))  # space in its order
     SAMPLERS.get(cfg.sampler.name)
     _check_samples(cfg)
     return cfg

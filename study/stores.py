@@ -22,8 +22,11 @@ retry) and both run it; PostgreSQL's ``SELECT ... FOR UPDATE`` needs no such hel
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,46 @@ SERVERS = ("http", "https")  # an MLflow tracking server
 EXAMPLE_STORAGE = "postgresql://USER@HOST:5432/DB or sqlite:///path/optuna.db"
 EXAMPLE_TRACKING = "http://HOST:5001 (make mlflow-server), postgresql://USER@HOST:5432/DB or sqlite:///path/mlflow.db"
 _SECRET_PARAMS = ("password", "passwd", "pass", "token", "secret", "key")
+# Study names become folder names, an MLflow experiment, run and registered-model name: a safe alphabet, and a
+# length well within every store's limit (MLflow: 250 characters for a run name; file names: 255 bytes)
+STUDY_NAME_MAX = 100
+STUDY_NAME_RULE = (f"1 to {STUDY_NAME_MAX} characters: letters, digits, '.', '_' and '-', starting with a letter or "
+                   "a digit")
+_STUDY_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{STUDY_NAME_MAX - 1}}}")
+LOCK_FILE = ".adprune.lock"
+
+
+def check_study_name(name: str, flag: str = "--name") -> str:
+    """``name`` if it is a valid study name (``STUDY_NAME_RULE``); else a one-line ``ConfigError``. Checked
+    before anything is written: a name such as ``../../x`` would put trial folders outside the runs folder."""
+    if not _STUDY_NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise ConfigError(f"{flag}: {shown} is not a valid study name; a study name is {STUDY_NAME_RULE}, "
+                          "e.g. cifar10-vgg19")
+    return name
+
+
+@contextmanager
+def stores_lock(runs_dir: str | Path) -> Iterator[None]:
+    """Hold the runtime folder's lock (``<runs>/.adprune.lock``, created with the folder): the processes of
+    this machine that create or prepare a study's stores take turns. Two ``make study`` sessions started
+    together on a fresh folder would otherwise both create the same SQLite stores (MLflow's migrations fail
+    in the second) and both create the study's MLflow parent run and baseline."""
+    runs = Path(runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def empty_store_files(stores: Stores) -> list[Path]:
+    """The embedded store files of ``stores`` that exist but are empty (0 bytes): a store that was lost
+    (a failed copy, a full disk); opening one makes a new, empty store in it."""
+    paths = [sqlite_path(url) for url in (stores.optuna_url, stores.tracking_uri)]
+    return [p for p in paths if p is not None and p.is_file() and p.stat().st_size == 0]
 
 
 def redact(url: str) -> str:
@@ -224,6 +267,35 @@ def connection_error(exc: BaseException, url: str, what: str, flag: str) -> Conf
                        f"server runs and the URL (host, port, database, user) is right")
 
 
+def _check_api_access(uri: str, timeout_s: float) -> None:
+    """An MLflow server answers /health to anyone; its API may refuse this client: a Host name it does not
+    allow (MLflow >= 3.5: HTTP 403) or a missing login (basic auth: HTTP 401). One line that says which."""
+    import requests
+
+    auth = None
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password and urlsplit(uri).password is None:
+        auth = (user, password)
+    try:
+        response = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                                timeout=timeout_s, auth=auth)
+    except requests.RequestException:
+        return  # /health answered: let MLflow's client report what follows
+    host = urlsplit(uri).netloc.rpartition("@")[2]
+    if response.status_code == 403 and "host" in response.text.lower():
+        raise ConfigError(f"{TRACKING_FLAG}: the MLflow server at {redact(uri)} refuses requests for host {host!r} "
+                          f"(HTTP 403: {response.text.strip()[:100]}); start it with make mlflow-server "
+                          f"ALLOWED_HOSTS={urlsplit(uri).hostname} (adprune mlflow-server --allowed-hosts ...), or "
+                          "use a name it allows")
+    if response.status_code == 401:
+        raise ConfigError(f"{TRACKING_FLAG}: the MLflow server at {redact(uri)} requires a login (HTTP 401)"
+                          + (": the user and password given were refused" if auth or urlsplit(uri).password else "")
+                          + "; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if response.status_code == 403:
+        raise ConfigError(f"{TRACKING_FLAG}: the MLflow server at {redact(uri)} refuses this user (HTTP 403); "
+                          "ask its admin for permission, or log in as another user (MLFLOW_TRACKING_USERNAME)")
+
+
 def check_tracking_reachable(stores: Stores, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Fail fast, in one line, when the MLflow tracking store cannot be reached (MLflow's own client
     retries an unreachable server for minutes)."""
@@ -240,6 +312,7 @@ def check_tracking_reachable(stores: Stores, timeout_s: float = CONNECT_TIMEOUT_
         if response.status_code != 200:
             raise ConfigError(f"{TRACKING_FLAG}: {redact(uri)} answered /health with HTTP {response.status_code}, "
                               "not an MLflow tracking server; check the URL") from None
+        _check_api_access(uri, timeout_s)
     elif backend(uri) != "sqlite":
         import sqlalchemy
 

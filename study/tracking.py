@@ -93,11 +93,10 @@ class StudyTracker:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
 
-    def open(self, study: Any, study_config: Mapping[str, Any], alive_run_ids: set[str] | frozenset[str] = frozenset()
-             ) -> str:
+    def open(self, study: Any, study_config: Mapping[str, Any]) -> str:
         """Create or resume the parent run of ``study`` (its id is kept in the study's user attrs); end
-        the child runs left RUNNING by an interrupted process, except ``alive_run_ids`` (trials that
-        another process still runs)."""
+        the child runs left RUNNING by an interrupted process: those whose Optuna trial has finished (a
+        trial that another process runs, or starts meanwhile, is not finished and keeps its run)."""
         run = None
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id:
@@ -115,21 +114,21 @@ class StudyTracker:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_id = run.info.run_id
         self._log_json(self.parent_id, "study_config.json", study_config)
-        self._close_stale_children(alive_run_ids)
+        self._close_stale_children({t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()})
         return self.parent_id
 
     def attach(self, parent_run_id: str) -> None:
         """Use an existing parent run (opened by the process that started this worker)."""
         self.parent_id = parent_run_id
 
-    def _close_stale_children(self, alive_run_ids: set[str] | frozenset[str]) -> None:
-        """Child runs left RUNNING by an interrupted process (their Optuna trials are no longer RUNNING)."""
+    def _close_stale_children(self, finished: set[int]) -> None:
+        """Child runs left RUNNING by an interrupted process: their Optuna trial (numbers ``finished``) ended."""
         stale = self.client.search_runs([self.experiment_id], max_results=1000, filter_string=(
             f"tags.mlflow.parentRunId = '{self.parent_id}' and attributes.status = 'RUNNING'"))
         for run in stale:
-            if run.info.run_id in alive_run_ids:
-                continue
-            end_failed_run(self.client, run.info.run_id, LEFT_RUNNING_REASON)
+            number = run.data.tags.get("optuna.trial_number", "")
+            if number.isdigit() and int(number) in finished:
+                end_failed_run(self.client, run.info.run_id, LEFT_RUNNING_REASON)
 
     def start_trial(self, number: int, baseline: bool, params: Mapping[str, Any], config: Mapping[str, Any],
                     out_dir: Path, retry_of: int | None = None) -> TrialRun:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from optuna.trial import TrialState
 from adprune_core.errors import ConfigError
 from study.objective import WORKER_ATTR, retry_history
 from study.pareto import feasible
+from study.retries import enqueue_retry
 from study.space import StudyConfig, split_change
 from study.stores import (
     STORAGE_FLAG,
@@ -48,6 +50,7 @@ from study.tracking import LEFT_RUNNING_REASON, end_dead_trial_run
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SPEC_ATTR = "study_spec"  # study user attr: the study config as plain data, for workers that join
 TARGET_ATTR = "trials_target"  # study user attr: n_trials of the last ``run_study``
+FOLDER_ATTR = "trials_folder"  # study user attr: its trials' folder under <runs>/studies/<name>/ (trials_dir)
 
 
 HEARTBEAT_INTERVAL_S = 10  # a running trial writes its heartbeat this often
@@ -79,19 +82,16 @@ class RetryDeadWorkerTrials:
     """Optuna's heartbeat-stale trial callback: retry the trial and end its MLflow run FAILED.
 
     Optuna calls it (from ``fail_stale_trials``, in whichever process notices) with a trial it has just
-    marked FAIL because its heartbeat stopped. Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a
-    WAITING copy with the same params and user attrs (``baseline`` included) and records the retry
-    history in the copy's system attrs, up to ``max_retry`` times per original trial."""
+    marked FAIL because its heartbeat stopped. ``study.retries.enqueue_retry`` enqueues a WAITING copy
+    with the same params and the trial's own user attrs (``baseline`` included, the dead run's not) and
+    records the retry history in the copy's system attrs, as Optuna's ``RetryHeartbeatStaleTrialCallback``
+    does, up to ``max_retry`` dead workers per original trial."""
 
     def __init__(self, stores: Stores, max_retry: int = MAX_RETRY) -> None:
         self.stores, self.max_retry = stores, max_retry
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        retried = len(retry_history(trial)) < self.max_retry  # Optuna's own rule, see the class docstring
-        self.retry(study, trial)
+        retried = enqueue_retry(study, trial, max_died=self.max_retry)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             try:
@@ -145,7 +145,23 @@ def open_study(cfg: StudyConfig, name: str, stores: Stores | str | Path,
         raise ConfigError(f"study {name!r} in {stores.describe()} scored its trials on another validation split "
                           f"({changed}); their values would not compare: use another --name for this split, or "
                           "the study's own data settings")
+    if FOLDER_ATTR not in study.user_attrs:  # an older study with trials keeps writing where it did
+        study.set_user_attr(FOLDER_ATTR, "" if study.get_trials(deepcopy=False) else new_folder_key())
     return study
+
+
+def new_folder_key() -> str:
+    """A name for a new study's trial folder: its creation time and a random part, unique per study
+    instance (a study made again under the same name, in a new or emptied store, gets another one)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def trials_dir(study: optuna.Study, runs_dir: str | Path) -> Path:
+    """Where the trials of ``study`` write on this machine: ``<runs>/studies/<name>/<key>/``, ``<key>``
+    from the study's user attr ``trials_folder`` (``<runs>/studies/<name>/`` for a study made before it)."""
+    base = Path(runs_dir) / "studies" / study.study_name
+    key = study.user_attrs.get(FOLDER_ATTR) or ""
+    return base / key if key else base
 
 
 def load_existing_study(name: str, storage: optuna.storages.RDBStorage, stores: Stores) -> optuna.Study:
@@ -230,11 +246,6 @@ def enqueue_baseline(study: optuna.Study) -> bool:
 
 def baseline_waiting(study: optuna.Study) -> bool:
     return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
-
-def sampler_seed(seed: int, finished: int) -> int:
-    """The sampler's seed for a session that starts with ``finished`` trials done."""
-    return seed if finished == 0 else (seed * 1_000_003 + finished) % 2**32
 
 
 def trial_line(trial: Any, names: tuple[str, ...]) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,23 +25,23 @@ from adprune_core import interrupts
 from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
 from study.objective import Objective, worker_id
-from study.samplers import SAMPLERS
+from study.retries import quiet_interrupted_trials
+from study.samplers import build_sampler
 from study.sharing import snapshot_dir
 from study.space import SPLIT_KEYS, StudyConfig, split_change, study_config_from_spec
-from study.stores import Stores, check_tracking_reachable
+from study.stores import Stores, check_study_name, check_tracking_reachable, sqlite_path
 from study.tracking import StudyTracker
 from study.trials import (
     DEAD_WORKER_REASON,
-    FINISHED,
     SPEC_ATTR,
     TARGET_ATTR,
     counted_trials,
     fail_stale_trials,
     load_existing_study,
     optuna_storage,
-    sampler_seed,
     target_reached,
     trial_line,
+    trials_dir,
 )
 
 
@@ -122,8 +121,8 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
     (``target_reached``); workers that finish at the same moment may each start one more, so joined
     workers can overshoot a target by up to their number, less one. ``rank`` numbers the workers
     ``run_study`` starts: they run their quota, and stop early at the study's target (``TARGET_ATTR``)
-    when workers that joined from elsewhere did part of it; their sampler seeds follow from the rank. A
-    worker that joins from elsewhere (``rank`` None) draws from a seed of its host and process.
+    when workers that joined from elsewhere did part of it. Every trial draws its suggestions from the
+    study's seed and its own number (``study.samplers.TrialSeededSampler``), so no two workers draw alike.
     ``study``: the study already loaded from ``stores`` (default: load it). ``snapshots``: the snapshot
     folder of shared prefixes (default ``<runs>/snapshots``)."""
     if quota is None and target is None:
@@ -134,11 +133,8 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
         study = load_existing_study(name, optuna_storage(stores), stores)
     if rank is not None and target is None:
         target = study.user_attrs.get(TARGET_ATTR)
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    # each worker draws its own suggestions: the study's seed, shifted by rank (or host and process)
-    shift = 7919 * (rank + 1) if rank is not None else zlib.crc32(worker_id().encode())
-    study.sampler = SAMPLERS.get(cfg.sampler.name)(cfg.sampler, (sampler_seed(cfg.sampler.seed, finished) + shift)
-                                                   % 2**32)
+    study.sampler = build_sampler(cfg.sampler)  # seeded per trial number: no two processes draw the same
+    quiet_interrupted_trials()
     tag = f"worker {rank}" if rank is not None else worker_id()
     if target is not None and target_reached(study, target):
         log(f"[{tag}] study {name!r} already holds its {target} trial(s): nothing to run")
@@ -146,7 +142,7 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
     data = load_dataset(cfg.trainer.data)
     tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)
     tracker.attach(parent_run_id)
-    objective = Objective(cfg, data, stores.runs_dir / "studies" / name, tracker, progress=False,
+    objective = Objective(cfg, data, trials_dir(study, stores.runs_dir), tracker, progress=False,
                           snapshot_dir=snapshot_dir(stores.runs_dir, snapshots))
     ran = 0
 
@@ -170,8 +166,13 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
     the config stored in it, ``overrides`` applied (e.g. this machine's ``data.root``); run ``trials``
     trials, or until the study holds its target. Returns how many trials this process ran."""
     stores = Stores.of(stores)
+    check_study_name(name, "--study")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials: {trials} must be >= 1, or left out to run until the study holds its target")
+    path = sqlite_path(stores.optuna_url)
+    if path is not None and not path.is_file():  # opening it would create an empty store
+        raise ConfigError(f"--study: no Optuna storage at {path} to join study {name!r} from; pass the study's "
+                          "storage (--storage URL, make worker STORAGE=...) or its runs folder (--runs-dir)")
     storage = optuna_storage(stores)
     check_tracking_reachable(stores)
     study = load_existing_study(name, storage, stores)

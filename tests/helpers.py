@@ -108,3 +108,23 @@ def wait_until(proc, log: Path, condition, timeout: float = 300.0, interval: flo
             proc.kill()
             raise AssertionError(f"waiting for {what}, gave up after {timeout} s:\n{log.read_text()}")
         time.sleep(interval)
+
+
+def trial_path(runs: Path, number: int, name: str = "tiny") -> Path | None:
+    """The output folder of trial ``number`` of study ``name`` under runtime folder ``runs``
+    (``<runs>/studies/<name>/<key>/trial-NNNN``, the key unique per study instance); None until it exists."""
+    found = sorted(Path(runs).glob(f"studies/{name}/*/trial-{number:04d}"))
+    return found[-1] if found else None
+
+
+def wait_healthy(proc, log: Path, url: str, timeout: float = 240.0) -> None:
+    """Wait until the MLflow server ``proc`` (its output in ``log``) answers ``<url>/health``."""
+    import requests
+
+    def healthy():
+        try:
+            return requests.get(f"{url}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(proc, log, healthy, timeout=timeout, interval=0.5, what="the MLflow server to start")

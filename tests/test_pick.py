@@ -192,3 +192,76 @@ def test_store_and_study_errors(tmp_path, capsys, monkeypatch):
     assert adprune(monkeypatch, "pick", "--runs-dir", str(tmp_path), "--knee") == 2
     err = capsys.readouterr().err.strip()
     assert "holds 2 studies (a, b); name one with --study" in err and len(err.splitlines()) == 1
+
+
+def _versions(runs: Path) -> list[tuple[str, str]]:
+    client = MlflowClient(tracking_uri=tracking_uri(runs), registry_uri=tracking_uri(runs))
+    if not client.search_registered_models():
+        return []
+    return sorted((v.version, v.source) for v in client.search_model_versions("name='adprune-tiny'"))
+
+
+def _alias(runs: Path, n: int) -> str | None:
+    client = MlflowClient(tracking_uri=tracking_uri(runs), registry_uri=tracking_uri(runs))
+    try:
+        return client.get_model_version_by_alias("adprune-tiny", f"trial-{n}").version
+    except Exception:
+        return None
+
+
+def _first_group(arch: dict) -> str:
+    return next(iter(arch["group_widths"]))
+
+
+@pytest.mark.parametrize(("tamper", "needle"), [
+    (lambda a: a["group_widths"].update({_first_group(a): 10_000}), "is wider than the layer's"),
+    (lambda a: a["group_widths"].update({_first_group(a): a["group_widths"][_first_group(a)] - 1}),
+     "does not load into the network model.json describes"),
+    (lambda a: a["group_widths"].update({"features.999": 4}), "names 'features.999', which is not a prunable layer"),
+    (lambda a: a["group_widths"].update({"../../etc/passwd": 4}), "'../../etc/passwd' is not a layer name"),
+    (lambda a: a.update(num_classes=10 ** 12), "num_classes 1000000000000 must be a whole number from 1 to 100000"),
+    (lambda a: a["group_widths"].update({_first_group(a): 10 ** 15}), "is wider than the layer's"),
+    (lambda a: a["model"].update(width_mult=1000.0), "model width_mult is 1000.0, but trial"),
+])
+def test_a_tampered_model_json_is_one_line_and_registers_and_exports_nothing(tiny, tmp_path, capsys, monkeypatch,
+                                                                             tamper, needle):
+    n, runs = tiny.pruned, tiny.runs
+    path = Path(trial(runs, n).user_attrs["out_dir"]) / "model" / "model.json"
+    original = path.read_text()
+    versions, alias = _versions(runs), _alias(runs, n)
+    arch = json.loads(original)
+    tamper(arch)
+    path.write_text(json.dumps(arch))
+    try:
+        assert adprune(monkeypatch, "pick", "--runs-dir", str(runs), "--trial", str(n),
+                       "--out", str(tmp_path / "out" / "pick")) == 2
+    finally:
+        path.write_text(original)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adprune: error: ") and len(err.splitlines()) == 1 and needle in err
+    assert _versions(runs) == versions and _alias(runs, n) == alias  # nothing registered, the alias where it was
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # no folder, no leftovers
+
+
+def test_a_pick_whose_registry_copy_fails_its_check_is_rolled_back(tiny, tmp_path, capsys, monkeypatch):
+    """The registry's copy of the network (the trial run's model/ artifact) is damaged: the version made for it
+    is deleted, the alias points where it did, and the export folder holds the earlier pick, as it was."""
+    n, runs, out = tiny.pruned, tiny.runs, tmp_path / "pick"
+    assert adprune(monkeypatch, "pick", "--runs-dir", str(runs), "--trial", str(n), "--out", str(out)) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    versions, alias = _versions(runs), _alias(runs, n)
+    client = MlflowClient(tracking_uri=tracking_uri(runs))
+    artifact = Path(urlparse(client.get_run(trial(runs, n).user_attrs["mlflow_run_id"]).info.artifact_uri).path)
+    weights = artifact / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-64])  # truncated
+    try:
+        assert adprune(monkeypatch, "pick", "--runs-dir", str(runs), "--trial", str(n), "--out", str(out)) == 2
+    finally:
+        weights.write_bytes(original)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.safetensors" in err and "does not load" in err
+    assert _versions(runs) == versions and _alias(runs, n) == alias
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pick"]  # no temporary or set-aside folder left

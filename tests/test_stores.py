@@ -113,6 +113,7 @@ def test_study_command_with_a_bad_store_exits_2_in_one_line(tmp_path, capsys, fl
     out, err = capsys.readouterr()
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("adprune: error: ")
     assert SECRET not in out + err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
 def test_worker_command_for_an_unknown_study_names_the_known_ones(tmp_path, capsys):

@@ -7,6 +7,7 @@ heartbeat is shortened through the environment (1 s beat, 2 s grace) so that a d
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from adprune_core import interrupts
 from adprune_core.checkpoint import load_checkpoint, read_state
 from adprune_core.cli import main
 from study.trials import HEARTBEAT_ENV, heartbeat_settings
-from tests.helpers import ROOT, TINY, optuna_uri, trials_or_none, wait_until
+from tests.helpers import ROOT, TINY, optuna_uri, trial_path, trials_or_none, wait_until
 from tests.test_study_run import load, mlflow_runs
 
 EPOCHS = 4
@@ -59,9 +60,15 @@ def start_worker(args, trials, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def wait_for_checkpoint(proc, ckpt: Path, log: Path) -> dict:
-    """Poll until the trial has checkpointed an epoch (>= 1); returns the checkpoint's state."""
-    return wait_until(proc, log, lambda: read_state(ckpt), interval=0.02, what="the trial's first checkpoint")
+def wait_for_checkpoint(proc, runs: Path, number: int, log: Path) -> tuple[Path, dict]:
+    """Poll until trial ``number`` has checkpointed an epoch (>= 1); returns its folder and the checkpoint's state."""
+
+    def saved():
+        folder = trial_path(runs, number)
+        state = read_state(folder / "checkpoint") if folder is not None else None
+        return (folder, state) if state is not None else None
+
+    return wait_until(proc, log, saved, interval=0.02, what="the trial's first checkpoint")
 
 
 def summary_epochs(trial_dir: Path) -> list[dict]:
@@ -73,10 +80,9 @@ def summary_epochs(trial_dir: Path) -> list[dict]:
 
 def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tmp_path, capsys):
     runs, args, storage = any_storage_setup
-    trial_dir = runs / "studies" / "tiny" / "trial-0000"
     log = tmp_path / "worker.log"
     proc = start_worker(args, 2, log)
-    wait_for_checkpoint(proc, trial_dir / "checkpoint", log)
+    trial_dir, _ = wait_for_checkpoint(proc, runs, 0, log)
     proc.send_signal(signal.SIGKILL)  # mid-trial: the dense baseline, trial 0
     assert proc.wait(30) == -signal.SIGKILL
     saved = read_state(trial_dir / "checkpoint")
@@ -104,13 +110,13 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tm
     assert "fail_reason" not in killed.user_attrs  # Optuna refuses attrs on finished trials: MLflow says why
 
     # epochs 1..k came from the checkpoint, not recomputed: identical records, wall times included
-    summary = json.loads((runs / "studies" / "tiny" / "trial-0001" / "summary.json").read_text())
+    summary = json.loads((trial_path(runs, 1) / "summary.json").read_text())
     assert summary["resumed_from_epoch"] == k and [e["epoch"] for e in summary["epochs"]] == list(range(1, EPOCHS + 1))
     assert summary["epochs"][:k] == saved["summary"]["epochs"]
     assert summary["epochs"][:len(written)] == written
     assert [r["epoch"] for r in retry.user_attrs["records"]] == list(range(1, EPOCHS + 1))
     assert retry.user_attrs["final"]["status"] == "completed"
-    assert not (runs / "studies" / "tiny" / "trial-0001" / "checkpoint").exists()  # done: deleted
+    assert not (trial_path(runs, 1) / "checkpoint").exists()  # done: deleted
     assert load_checkpoint(trial_dir / "checkpoint").epoch == k  # the dead trial's stays, as evidence
 
     client, parents, children = mlflow_runs(runs)
@@ -120,6 +126,7 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tm
     assert dead_run.data.tags["adprune.fail_reason"] == "worker died (no heartbeat)"
     assert dead_run.data.tags["optuna.trial_state"] == "FAIL" and dead_run.data.tags["adprune.retried"] == "true"
     assert retry_run.info.status == "FINISHED" and retry_run.data.tags["adprune.retry_of"] == "0"
+    assert retry.user_attrs["mlflow_run_id"] == retry_run.info.run_id != dead_run.info.run_id  # its own run
     assert retry_run.data.tags["adprune.resumed_from_epoch"] == str(k)
     seconds = client.get_metric_history(retry_run.info.run_id, "seconds")
     assert sorted(m.step for m in seconds) == list(range(1, EPOCHS + 1))  # resumed epochs logged too
@@ -137,24 +144,61 @@ def test_killed_worker_trial_is_failed_retried_and_resumed(any_storage_setup, tm
     assert len(load(runs, storage=storage)) == 3
 
 
-def test_ctrl_c_marks_the_trial_and_leaves_nothing_half_written(study_setup, tmp_path):
+def test_ctrl_c_marks_the_trial_says_so_in_one_line_and_it_is_retried_from_its_checkpoint(study_setup, tmp_path,
+                                                                                          capsys):
+    """Ctrl-C mid-trial (the baseline): the trial becomes FAIL "interrupted" and a retry waits for the next
+    session, which resumes it from the checkpoint in its own MLflow run; the interrupted trial does not count
+    toward TRIALS (the old code counted it: "1 trial(s) done; already >= 1, nothing to run"). A truncated
+    checkpoint makes the retry start from scratch, the reason recorded, instead of a SafetensorError."""
     runs, args = study_setup
-    trial_dir = runs / "studies" / "tiny" / "trial-0000"
     log = tmp_path / "worker.log"
-    proc = start_worker(args, 2, log)
-    wait_for_checkpoint(proc, trial_dir / "checkpoint", log)
+    proc = start_worker(args, 1, log)
+    trial_dir, _ = wait_for_checkpoint(proc, runs, 0, log)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(300) == 130, log.read_text()
-    assert "adprune: interrupted" in log.read_text() and interrupts.MESSAGE in log.read_text()
+    text = log.read_text()
+    assert "adprune: interrupted" in text and interrupts.MESSAGE in text
+    k = read_state(trial_dir / "checkpoint")["epoch"]
+    assert f"trial 0 interrupted after {k} epoch(s); it will be retried from its checkpoint" in text
+    assert "Traceback" not in text and "Trial 0 failed" not in text  # one line, not Optuna's warning
+    summary = json.loads((trial_dir / "summary.json").read_text())
+    assert summary["final"]["status"] == "interrupted" and len(summary["epochs"]) <= k
 
-    (trial,) = load(runs)
-    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+    stopped, waiting = load(runs)
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["fail_reason"] == "interrupted"
+    assert waiting.state.name == "WAITING" and waiting.user_attrs["baseline"] is True
+    assert "mlflow_run_id" not in waiting.user_attrs and "fail_reason" not in waiting.user_attrs
     _, parents, children = mlflow_runs(runs)
     assert parents[0].info.status == "KILLED" and [c.info.status for c in children] == ["KILLED"]
     assert children[0].data.tags["adprune.fail_reason"] == "interrupted"
+    assert children[0].data.tags["adprune.retried"] == "true"
     assert not [p for p in runs.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left behind
-    assert len(summary_epochs(trial_dir)) <= read_state(trial_dir / "checkpoint")["epoch"]
-    assert load_checkpoint(trial_dir / "checkpoint").epoch >= 1  # a whole checkpoint
+    assert load_checkpoint(trial_dir / "checkpoint").epoch == k  # a whole checkpoint
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs, damaged)  # the same state, to resume with a truncated checkpoint below
+
+    assert main([*args, "--trials", "1"]) == 0  # the same command again
+    out = capsys.readouterr().out
+    assert "resuming study 'tiny': 0 trial(s) done; adding 1 to reach 1" in out and "nothing to run" not in out
+    stopped, retry = load(runs)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["resumed_from_epoch"] == k and retry.user_attrs["baseline"] is True
+    _, _, children = mlflow_runs(runs)
+    assert retry.user_attrs["mlflow_run_id"] == children[1].info.run_id != stopped.user_attrs["mlflow_run_id"]
+    assert children[1].info.status == "FINISHED" and children[1].data.tags["adprune.resumed_from_epoch"] == str(k)
+
+    checkpoint_file = damaged / trial_dir.relative_to(runs) / "checkpoint" / "checkpoint.safetensors"
+    checkpoint_file.write_bytes(checkpoint_file.read_bytes()[:-1000])  # truncated
+    damaged_args = [a if a != str(runs) else str(damaged) for a in args]
+    assert main([*damaged_args, "--trials", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err and "SafetensorError" not in captured.err
+    stopped, retry = load(damaged)
+    assert retry.state.name == "COMPLETE" and retry.user_attrs.get("resumed_from_epoch") is None
+    assert "checkpoint" in retry.user_attrs["resume_skipped"] and "is unreadable" in retry.user_attrs["resume_skipped"]
+    assert [r["epoch"] for r in retry.user_attrs["records"]] == list(range(1, EPOCHS + 1))  # from scratch
+    _, _, children = mlflow_runs(damaged)
+    assert retry.user_attrs["mlflow_run_id"] == children[1].info.run_id != stopped.user_attrs["mlflow_run_id"]
 
 
 def test_heartbeat_settings_from_the_environment(monkeypatch):
@@ -184,7 +228,8 @@ def test_a_worker_killed_among_several_is_made_good_by_the_same_command(tmp_path
 
     def kill_a_worker_mid_trial():
         for t in trials_or_none(optuna_uri(runs)):
-            state = read_state(runs / "studies" / "tiny" / f"trial-{t.number:04d}" / "checkpoint")
+            folder = trial_path(runs, t.number)
+            state = read_state(folder / "checkpoint") if folder is not None else None
             if (t.state.name == "RUNNING" and t.number >= 1 and state is not None
                     and "worker" in t.user_attrs):  # a worker's trial, mid-run
                 pid = int(t.user_attrs["worker"].rpartition(":")[2])

@@ -1,12 +1,14 @@
 """A study across machines, as the README's recipe sets it up: Optuna on a real PostgreSQL server, MLflow on
 a real tracking server (``adprune mlflow-server``, itself backed by PostgreSQL and an artifact folder),
-worker processes, a worker that joins with ``adprune worker``, and the report read back from both.
+worker processes, a worker that joins with ``adprune worker``, and the report read back from both. Every
+request to the tracking server names it by this machine's host name (the Host header MLflow >= 3.5 checks).
 
 The PostgreSQL server is started by the test session on loopback (``tests/postgres.py``); without
 Debian's postgresql package these tests skip, saying why."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -17,30 +19,41 @@ from mlflow.tracking import MlflowClient
 
 from adprune_core.cli import main
 from study.stores import TRACKING_ENV
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, wait_healthy
 from tests.postgres import free_port
 from tests.test_study_run import artifact_paths, split_runs, write_study
 
 
+def loopback_name() -> tuple[str, str]:
+    """This machine's host name and the loopback address it resolves to: clients then send the name in the
+    Host header, as machines that reach a tracking server by name do. Skips where the name is not loopback."""
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = ""
+    if not address.startswith("127."):
+        pytest.skip(f"the host name {name!r} does not resolve to a loopback address ({address or 'not at all'}); "
+                    "the test needs a name that reaches a server bound to loopback")
+    return name, address
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
-    """``adprune mlflow-server`` on loopback, its runs in a fresh PostgreSQL database (one for this file)."""
+    """``adprune mlflow-server`` on loopback, its runs in a fresh PostgreSQL database (one for this file), reached
+    by this machine's host name (MLflow >= 3.5 refuses Host names it does not allow); ``mlflow-host`` is allowed
+    as ``make mlflow-server ALLOWED_HOSTS=mlflow-host`` would."""
     tmp_path = tmp_path_factory.mktemp("mlflow-server")
+    name, address = loopback_name()
     port = free_port()
     backend = postgres.url(postgres.create_database("mlflow"))
     log = tmp_path / "mlflow-server.log"
     proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "mlflow-server", "--runs-dir", str(tmp_path),
-                             "--backend-store", backend, "--port", str(port), "--workers", "1"],
+                             "--backend-store", backend, "--host", address, "--port", str(port), "--workers", "1",
+                             "--allowed-hosts", "mlflow-host"],
                             cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return requests.get(f"{url}/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_until(proc, log, healthy, timeout=120, interval=0.5, what="the MLflow server to start")
+    url = f"http://{name}:{port}"
+    wait_healthy(proc, log, url)
     yield url, log, tmp_path
     os.killpg(proc.pid, 2)  # Ctrl-C to the server and its workers
     try:
@@ -50,8 +63,25 @@ def mlflow_server(postgres, tmp_path_factory):
         proc.wait()
 
 
+def test_the_server_answers_the_names_it_allows_and_refuses_others(mlflow_server):
+    url, _, _ = mlflow_server
+    port = url.rpartition(":")[2]
+    api = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    status = {host: requests.get(api, headers={"Host": f"{host}:{port}"}, timeout=10).status_code
+              for host in (socket.gethostname(), "mlflow-host", "localhost", "attacker.example")}
+    assert status == {socket.gethostname(): 200, "mlflow-host": 200, "localhost": 200, "attacker.example": 403}
+    origin = {"Content-Type": "application/json"}
+    ui = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "from-the-ui"},
+                       headers={**origin, "Origin": url}, timeout=10)  # the UI opened at the host's name
+    assert ui.status_code == 200, ui.text
+    other = requests.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "from-elsewhere"},
+                          headers={**origin, "Origin": "http://attacker.example"}, timeout=10)
+    assert other.status_code == 403
+
+
 def test_study_on_postgresql_with_an_mlflow_server_and_a_joining_worker(postgres, mlflow_server, tmp_path, capsys):
     tracking, server_log, server_dir = mlflow_server
+    assert tracking.startswith(f"http://{socket.gethostname()}:")  # every request carries the name
     storage = postgres.url(postgres.create_database("optuna"))
     # credentials in the tracking URL too (a server without authentication ignores them): never shown either
     with_login = tracking.replace("http://", f"http://ada:{postgres.password}@")
@@ -72,7 +102,7 @@ def test_study_on_postgresql_with_an_mlflow_server_and_a_joining_worker(postgres
     trials = optuna.load_study(study_name="tiny", storage=storage).get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]  # none lost, none duplicated
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials) and trials[0].user_attrs["baseline"]
-    assert (tmp_path / "b" / "studies" / "tiny" / "trial-0004" / "summary.json").is_file()  # ran on "b"
+    assert list((tmp_path / "b" / "studies" / "tiny").glob("*/trial-0004/summary.json"))  # ran on "b"
 
     client = MlflowClient(tracking_uri=tracking)
     exp = client.get_experiment_by_name("tiny")
@@ -122,3 +152,9 @@ def test_mlflow_server_command_keeps_the_database_url_off_the_command_line(tmp_p
     assert env == {"MLFLOW_BACKEND_STORE_URI": url}  # MLflow's own variable for --backend-store-uri
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "--serve-artifacts" in cmd
     assert cmd[cmd.index("--artifacts-destination") + 1] == (tmp_path / "art").resolve().as_uri()
+    cmd, env = mlflow_server_command(url, tmp_path / "art", "0.0.0.0", 5001, allowed_hosts=["gpu-7", "gpu-7:*"],
+                                     cors_origins=["http://gpu-7:5001"], auth_config=tmp_path / "auth.ini")
+    assert cmd[cmd.index("--allowed-hosts") + 1] == "gpu-7,gpu-7:*"
+    assert cmd[cmd.index("--cors-allowed-origins") + 1] == "http://gpu-7:5001"
+    assert cmd[cmd.index("--app-name") + 1] == "basic-auth"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "auth.ini")

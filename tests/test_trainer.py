@@ -129,6 +129,28 @@ def test_callback_can_stop_a_run():
     assert len(summary["epochs"]) == 2
 
 
+@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt, "interrupted"), (RuntimeError, "failed")])
+def test_summary_says_running_until_the_end_and_why_a_run_ended_early(tmp_path, error, status):
+    """A killed run's summary.json must not say ``completed``: it says ``running`` until the network is saved;
+    a run that Ctrl-C (or an error) ends says ``interrupted`` (``failed``)."""
+    seen = []
+
+    class ReadThenStop:
+        def on_epoch_end(self, record):
+            if record["epoch"] == 2:
+                seen.append(json.loads((tmp_path / "summary.json").read_text())["final"]["status"])
+                raise error("stop")
+
+    with pytest.raises(error):
+        train(tiny_config("train.epochs=4", "prune.schedule=none"), tmp_path, callbacks=[ReadThenStop()])
+    assert seen == ["running"]  # written after epoch 1 of 4, while the run went on
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final"]["status"] == status and [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    done = train(tiny_config("train.epochs=2", "prune.schedule=none"), tmp_path / "done").summary
+    assert json.loads((tmp_path / "done" / "summary.json").read_text())["final"]["status"] == "completed"
+    assert done["final"]["status"] == "completed"
+
+
 def test_learning_rate_schedules():
     cfg = load_config(None, ["train.epochs=10", "train.lr=0.1"]).train
     assert learning_rate(cfg, 0) == pytest.approx(0.1)

@@ -53,8 +53,8 @@ from study.stores import (
 from study.tracking import StudyTracker
 from study.trials import (
     DEAD_WORKER_REASON,
-    MAX_RETRY,
     FINISHED,
+    MAX_RETRY,
     SPEC_ATTR,
     TARGET_ATTR,
     baseline_waiting,

@@ -15,8 +15,9 @@ import sys
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ADPruneError
+from adprune_core.files import check_writable_dir
 from study.cli import add_store_args, stores_from_args
-from study.stores import location
+from study.stores import RUNS_DIR_FLAG, location
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -36,11 +37,16 @@ def _warn(text: str) -> None:
 
 
 def _run_pick(args: argparse.Namespace) -> int:
-    from reports.pick import choose_trial, pick
+    from reports.pick import choose_trial, default_out_dir, pick
     from reports.trial_lookup import open_study
 
     view = open_study(stores_from_args(args), args.study)
     trial, reason = choose_trial(view, args.trial, args.knee)
+    # before any write: the export folder, and an embedded registry (mlflow.db in the runtime folder)
+    check_writable_dir(args.out or default_out_dir(view.runs_dir, view.name, trial.number),
+                       "--out (OUT=)" if args.out else RUNS_DIR_FLAG)
+    if not view.stores.tracking_server:
+        view.stores.check_writable()
     result = pick(view, trial, args.out, reason)
     m = result.metrics
     vs = (f" ({m['accuracy_change']:+.4f} vs the baseline, trial {m['baseline']['trial']})"
@@ -78,6 +84,7 @@ def _run_control(args: argparse.Namespace) -> int:
     from reports.trial_lookup import completed_trial, open_study
 
     view = open_study(stores_from_args(args), args.study)
+    view.stores.check_writable()  # controls train into the runtime folder and log to the study's MLflow store
     if args.trial is None:
         raise ADPruneError(f"--trial N is required (make control TRIAL=n); the Pareto trials of study "
                            f"{view.name!r}: {view.pareto_numbers()}")

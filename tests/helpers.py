@@ -108,3 +108,23 @@ def wait_until(proc, log: Path, condition, timeout: float = 300.0, interval: flo
             proc.kill()
             raise AssertionError(f"waiting for {what}, gave up after {timeout} s:\n{log.read_text()}")
         time.sleep(interval)
+
+
+def as_ordinary_user():
+    """A ``preexec_fn`` that makes a subprocess meet file permissions as an ordinary user does, so that a
+    read-only folder is read-only to it: run as root (as in a container), it drops the two capabilities that
+    override permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the bounding set before ``exec``, as
+    ``setpriv --bounding-set -dac_override,-dac_read_search`` would; otherwise it changes nothing."""
+    import ctypes
+    import os
+
+    if os.geteuid() != 0:
+        return None
+
+    def drop() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    return drop

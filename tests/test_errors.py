@@ -30,12 +30,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from adprune_core.cli import main
-from study.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, StudyTracker
+from study.tracking import StudyTracker
 from tests.helpers import ROOT, as_ordinary_user, tracking_uri
 from tests.pick_study import NAME, build
 from tests.test_data import folder_files, write_files
 
 ADPRUNE = [sys.executable, "-m", "adprune_core.cli"]
+# MLflow 3's experiment type tag and its value for model training (the UI's ExperimentKind in mlflow/server/js)
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 # a trainer run small enough to finish in seconds (synthetic data, a narrow network, on the CPU)
 NET = ["--set", "model.width_mult=0.125", "--set", "train.progress=false", "--set", "train.device=cpu"]
 SMALL = ["--set", "data.train_size=128", "--set", "data.val_size=64", *NET]
@@ -379,17 +381,17 @@ def test_read_only_runs_folder_for_study_report_and_pick(tmp_path, tiny):
 
 def test_study_experiment_is_tagged_as_model_training(tiny):
     client = MlflowClient(tracking_uri=tracking_uri(tiny.runs))
-    assert client.get_experiment_by_name(NAME).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment_by_name(NAME).tags[KIND_TAG] == MODEL_TRAINING
 
 
 def test_an_older_untagged_experiment_is_tagged_when_its_study_resumes(tmp_path):
     client = MlflowClient(tracking_uri=tracking_uri(tmp_path))
     exp_id = client.create_experiment("old", tags={"adprune.study": "old"})
-    assert EXPERIMENT_KIND_TAG not in client.get_experiment(exp_id).tags
+    assert KIND_TAG not in client.get_experiment(exp_id).tags
     tracker = StudyTracker(tmp_path, "old", ("val_top1", "flops", "train_flops_cum"),
                            ("maximize", "minimize", "minimize"))
     assert tracker.experiment_id == exp_id
-    assert client.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(exp_id).tags[KIND_TAG] == MODEL_TRAINING
 
 
 # --- the Makefile: every variable reaches the shell as one word ---------------------------------------

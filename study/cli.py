@@ -24,7 +24,15 @@ from pathlib import Path
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ConfigError
 from adprune_core.files import check_writable_dir
-from study.stores import RUNS_DIR_FLAG, STORAGE_ENV, TRACKING_ENV, Stores, location, without_credentials
+from study.stores import (
+    RUNS_DIR_FLAG,
+    STORAGE_ENV,
+    TRACKING_ENV,
+    Stores,
+    check_sqlite_file,
+    location,
+    without_credentials,
+)
 
 RUNS_DIR_ENV = "RUNS_DIR"
 DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
@@ -255,6 +263,7 @@ def _run_ui(args: argparse.Namespace) -> int:
     if not (runs_dir / "mlflow.db").is_file():
         raise ConfigError(f"no MLflow store at {runs_dir / 'mlflow.db'}; run a study first (make study) "
                           "or pass --runs-dir")
+    check_sqlite_file(runs_dir / "mlflow.db", "the MLflow store")
     if not _has_mlflow():
         raise ConfigError("mlflow is not installed; run make install")
     from study.tracking import ui_url

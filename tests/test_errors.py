@@ -329,7 +329,8 @@ def test_truncated_mlflow_db(tmp_path, capsys, tiny):
     for argv in (["report", "--runs-dir", str(runs), "--out", str(tmp_path / "r")],
                  ["study", "--config", str(tiny_config(tiny)), "--name", NAME, "--runs-dir", str(runs),
                   "--trials", "9", "--no-progress"],
-                 ["pick", "--runs-dir", str(runs), "--trial", str(tiny.pruned)]):
+                 ["pick", "--runs-dir", str(runs), "--trial", str(tiny.pruned)],
+                 ["ui", "--runs-dir", str(runs), "--port", "5999"]):
         assert_one_line(*cli(capsys, *argv), f"the MLflow store {db} is damaged (SQLite: ")
     assert digest(runs / "optuna.db", db) == before  # the study was not touched: no target, no baseline
     assert not (tmp_path / "r").exists()

@@ -21,6 +21,7 @@ import yaml
 
 from adprune_core.config import config_to_dict, describe_options, load_config
 from adprune_core.errors import ADPruneError
+from adprune_core.files import check_writable_dir
 
 EXIT_USER_ERROR = 2
 
@@ -46,6 +47,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else (
         Path("runs/train") / f"{cfg.model.name.replace(':', '-')}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_writable_dir(out, "--out (OUT=)")
     result = train(cfg, out)
     final = result.summary["final"]
     test = f", test_top1 {final['test_top1']:.4f}" if "test_top1" in final else ""

@@ -12,6 +12,7 @@ third epoch has finished (densities of epoch 3 decide the new widths).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from adprune_core.errors import ConfigError
 
 DATA_ROOT_ENV = "ADPRUNE_DATA"
 CACHE_DIR_ENV = "ADPRUNE_CACHE"
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take 32-bit seeds; every seed here keeps to that range
+MAX_CHANNELS = 8192  # the widest layer a config may ask for (512 base channels x the width_mult limit of 16)
 
 
 def _opt(default: Any, help: str, *, choices: tuple | None = None, lo: float | None = None,
@@ -48,12 +51,12 @@ class DataConfig:
                                "validation split val_top1 measures, the dataset's evaluation split then measuring "
                                "test_top1 only; 0 = none: val_top1 is the evaluation split (single runs; studies "
                                "default to 0.1)", lo=0.0, hi=0.5)
-    num_classes: int = _opt(10, "synthetic only: number of classes", lo=2)
-    image_size: int = _opt(32, "synthetic only: image side in pixels", lo=8)
+    num_classes: int = _opt(10, "synthetic only: number of classes", lo=2, hi=1000)
+    image_size: int = _opt(32, "synthetic only: image side in pixels", lo=8, hi=256)
     augment: bool = _opt(True, "random crop with padding and horizontal flip on training batches")
-    crop_padding: int = _opt(4, "zero padding (pixels) for the random crop; CIFAR convention is 4", lo=0)
+    crop_padding: int = _opt(4, "zero padding (pixels) for the random crop; CIFAR convention is 4", lo=0, hi=64)
     cache_dir: str = _opt("", f"decoded-image cache; empty = ${CACHE_DIR_ENV} or ~/.cache/adprune")
-    seed: int = _opt(0, "seed for subset selection and synthetic data", lo=0)
+    seed: int = _opt(0, "seed for subset selection and synthetic data", lo=0, hi=MAX_SEED)
 
     def resolved_root(self) -> Path:
         return Path(self.root or os.environ.get(DATA_ROOT_ENV, "") or "data").expanduser()
@@ -67,7 +70,8 @@ class DataConfig:
 class ModelConfig:
     name: str = _opt("vgg19", "vgg11, vgg13, vgg16, vgg19, resnet18, resnet34 or torchvision:<name>")
     width_mult: float = _opt(1.0, "multiplies every layer's base width", lo=0.01, hi=16.0)
-    widths: tuple[int, ...] = _opt((), "base widths: vgg one per conv, resnet one per stage; () = paper's")
+    widths: tuple[int, ...] = _opt((), "base widths: vgg one per conv, resnet one per stage; () = paper's",
+                                   lo=1, hi=MAX_CHANNELS)
     stem: str = _opt("auto", "resnet stem: auto (by input size), cifar, tiny, imagenet",
                      choices=("auto", "cifar", "tiny", "imagenet"))
 
@@ -86,7 +90,7 @@ class TrainConfig:
     lr_gamma: float = _opt(0.1, "step schedule: factor at each milestone", lo=0.0, hi=1.0)
     warmup_epochs: int = _opt(0, "linear learning-rate warm-up epochs", lo=0)
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing", lo=0.0, hi=1.0)
-    seed: int = _opt(0, "seed for weights, batch order, augmentation", lo=0)
+    seed: int = _opt(0, "seed for weights, batch order, augmentation", lo=0, hi=MAX_SEED)
     device: str = _opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on capable GPUs), bf16, off",
                     choices=("auto", "bf16", "off"))
@@ -158,17 +162,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                               f"write e.g. {key}=[1,2]")
         return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return finite(key, float(value))
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads 1e-3 (no dot) as a string; users write it anyway
-            return float(value)
+            return finite(key, float(value))
         except ValueError:
             pass
+    if tp is float and isinstance(value, float):
+        return finite(key, value)
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} "
                           f"({type(value).__name__})")
+    return value
+
+
+def finite(key: str, value: float) -> float:
+    """``value`` if it is a finite number (any int is); else a ``ConfigError``. Every float read from a
+    config, a ``--set`` or a study file passes here: NaN fails every ``<``/``>`` range check, so it would
+    slip through them, and ``1e309`` reads as infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number (NaN and infinities, 1e309 included, are "
+                          "refused); give an ordinary number")
     return value
 
 
@@ -227,22 +243,27 @@ def config_from_dict(raw: Any) -> Config:
 
 def _check_cross_field(cfg: Config) -> None:
     p = cfg.prune
-    if p.schedule == "fixed" and not p.epochs:
-        raise ConfigError("prune.epochs: the fixed schedule needs at least one epoch; "
-                          "set e.g. prune.epochs=[10,20] or choose another prune.schedule")
-    bad = [e for e in p.epochs if not 1 <= e < cfg.train.epochs]
-    if bad:
-        raise ConfigError(f"prune.epochs: epoch {bad[0]} is outside 1..{cfg.train.epochs - 1} (a prune "
-                          f"needs at least one epoch after it, and train.epochs={cfg.train.epochs}); "
-                          "use earlier epochs or more train.epochs")
-    if sorted(set(p.epochs)) != list(p.epochs):
-        raise ConfigError(f"prune.epochs: {list(p.epochs)} must be strictly increasing; "
-                          "list each epoch once, in order")
+    # prune.epochs acts only under the fixed schedule: under another one (prune.schedule=none on a preset
+    # with prune.epochs) it is left as given and not checked against train.epochs, so it blocks nothing.
+    if p.schedule == "fixed":
+        if not p.epochs:
+            raise ConfigError("prune.epochs: the fixed schedule needs at least one epoch; "
+                              "set e.g. prune.epochs=[10,20] or choose another prune.schedule")
+        bad = [e for e in p.epochs if not 1 <= e < cfg.train.epochs]
+        if bad:
+            raise ConfigError(f"prune.epochs: epoch {bad[0]} is outside 1..{cfg.train.epochs - 1} (a prune "
+                              f"needs at least one epoch after it, and train.epochs={cfg.train.epochs}); "
+                              "use earlier epochs or more train.epochs")
+        if sorted(set(p.epochs)) != list(p.epochs):
+            raise ConfigError(f"prune.epochs: {list(p.epochs)} must be strictly increasing; "
+                              "list each epoch once, in order")
     if any(not 0 < m < 1 for m in cfg.train.lr_milestones):
         raise ConfigError(f"train.lr_milestones: {list(cfg.train.lr_milestones)} must be fractions "
                           "of training strictly between 0 and 1, e.g. [0.5,0.75]")
-    if any(w < 1 for w in cfg.model.widths):
-        raise ConfigError(f"model.widths: {list(cfg.model.widths)} must all be >= 1 channel")
+    widest = max(cfg.model.widths, default=0) * cfg.model.width_mult
+    if widest > MAX_CHANNELS:
+        raise ConfigError(f"model.widths x model.width_mult: the widest layer would have {widest:.0f} channels, "
+                          f"above the maximum {MAX_CHANNELS}; use smaller model.widths or model.width_mult")
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"train.device: {dev!r} is not a device; use auto, cpu, cuda or cuda:N")
@@ -288,7 +309,15 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML file, "
                           "e.g. configs/smoke.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); "
+                          "make it readable (chmod u+r) or pass another file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
@@ -330,4 +359,4 @@ def describe_options() -> str:
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "PruneConfig", "load_config",
            "config_from_dict", "config_to_dict", "merge_overrides", "parse_override",
-           "describe_options"]
+           "describe_options", "finite", "MAX_SEED"]

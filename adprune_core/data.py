@@ -27,6 +27,7 @@ import pickle
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -559,7 +560,9 @@ class _Tree:
     """A folder or a zip, read-only: sorted '/'-separated file names relative to it, and their bytes.
 
     ``fingerprint`` changes when the content may have: a zip's size and mtime, a folder's file count,
-    total size and newest mtime.
+    total size and newest mtime. Every file that cannot be read (a zip member with a bad CRC or a
+    corrupt deflate stream, a dangling symbolic link, a file without read permission) is a one-line
+    ``DataError`` naming it: the one place where archive and file-system errors become user errors.
     """
 
     def __init__(self, path: Path) -> None:
@@ -579,7 +582,10 @@ class _Tree:
             for folder, _, filenames in os.walk(path):
                 for filename in filenames:
                     full = os.path.join(folder, filename)
-                    stat = os.stat(full)
+                    try:
+                        stat = os.stat(full)
+                    except OSError as exc:
+                        raise self._unreadable(os.path.relpath(full, path), exc) from None
                     names.append(os.path.relpath(full, path).replace(os.sep, "/"))
                     total, newest = total + stat.st_size, max(newest, stat.st_mtime_ns)
             self.names = sorted(names)
@@ -587,9 +593,24 @@ class _Tree:
         self.name_set = set(self.names)
 
     def read(self, name: str) -> bytes:
+        try:
+            if self._zip is not None:
+                return self._zip.read(name)
+            return (self.path / name).read_bytes()
+        except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            # BadZipFile: a bad CRC-32; zlib.error: a corrupt deflate stream; EOFError: a cut-off member;
+            # NotImplementedError: an unsupported compression; RuntimeError: an encrypted member
+            raise self._unreadable(name, exc) from None
+
+    def _unreadable(self, name: str, exc: BaseException) -> DataError:
         if self._zip is not None:
-            return self._zip.read(name)
-        return (self.path / name).read_bytes()
+            return DataError(f"data.root: cannot read '{name}' from the zip '{self.path}' ({_one_line(exc)}); the zip "
+                             "is damaged: download or build it again, or point data.root at a sound copy")
+        full = self.path / name
+        if full.is_symlink() and not full.exists():
+            return DataError(f"data.root: '{full}' is a symbolic link to '{os.readlink(full)}', which does not "
+                             "exist; fix the link or delete it")
+        return DataError(f"data.root: cannot read '{full}' ({_one_line(exc)}); make it readable or delete it")
 
     def read_text(self, name: str) -> str:
         return self.read(name).decode("utf-8", errors="replace")
@@ -618,6 +639,9 @@ def _decode(tree: _Tree, names: list[str], what: str) -> torch.Tensor:
             except (RuntimeError, ValueError) as exc:
                 raise DataError(f"{what}: cannot decode '{name}' in '{tree.path}' ({_one_line(exc)}); "
                                 "replace or delete that file") from None
+            if image.dim() != 3:  # (frames, C, H, W): an animated GIF or WebP
+                raise DataError(f"{what}: '{name}' in '{tree.path}' is an animation of {image.shape[0]} frames, "
+                                "not a still image; save its first frame as PNG or JPEG, or delete it")
             if out is None:
                 out = torch.empty((len(names), *image.shape), dtype=torch.uint8)
             elif image.shape != out.shape[1:]:
@@ -755,8 +779,10 @@ def _derive_seed(*parts: int) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
+    name = type(exc).__name__
+    name = f"{type(exc).__module__}.{name}" if name == "error" else name  # zlib.error, not a bare "error"
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    return f"{name}: {text[:200]}" if text else name
 
 
 def _raise_missing_root(root: Path, expected: str) -> None:

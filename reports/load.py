@@ -81,10 +81,13 @@ def resolve_study(where: Stores | str | Path, name: str | None, storage: Any = N
 
 
 def run_url(base_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
-    """The MLflow UI page of a run: ``<base>/#/experiments/<experiment id>/runs/<run id>``."""
+    """The MLflow UI page of a run, in its model-training view (``study.tracking.ui_url``):
+    ``<base>/#/experiments/<experiment id>/runs/<run id>?workflowType=machine_learning``."""
     if not experiment_id or not run_id:
         return None
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from study.tracking import ui_url
+
+    return ui_url(base_url, f"experiments/{experiment_id}/runs/{run_id}")
 
 
 @dataclass
@@ -255,12 +258,28 @@ def trial_history(data: StudyData, trial: Any) -> tuple[list[dict[str, Any]], li
         for path in (Path(out_dir) / "summary.json", moved / Path(out_dir).parent.name / Path(out_dir).name
                      / "summary.json", moved / Path(out_dir).name / "summary.json"):
             if path.is_file():
-                summary = json.loads(path.read_text())
+                summary = read_summary(path, trial.number)
                 return summary.get("epochs", []), [e["epoch"] for e in summary.get("prune_events", [])], str(path)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id and run_id in data.run_ids:
         return _history_from_metrics(data.client, run_id)
     return [], [], ""
+
+
+def read_summary(path: Path, number: int) -> dict[str, Any]:
+    """Trial ``number``'s ``summary.json`` at ``path``; a one-line ``ConfigError`` when it cannot be read
+    or is not a JSON object (cut short by a full disk, edited by hand): the report never guesses around a
+    damaged record. The trial's MLflow run holds a copy (artifact ``summary.json``) to restore it from."""
+    try:
+        summary = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        summary = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+    if isinstance(summary, dict) and isinstance(summary.get("epochs", []), list) \
+            and isinstance(summary.get("prune_events", []), list):
+        return summary
+    problem = summary if isinstance(summary, str) else "not a run summary"
+    raise ConfigError(f"trial {number}: {path} is damaged ({problem}); restore it from the trial's MLflow run "
+                      "(artifact summary.json) or move it away, and the report reads the run's metrics instead")
 
 
 def _history_from_metrics(client: Any, run_id: str) -> tuple[list[dict[str, Any]], list[int], str]:

@@ -16,9 +16,10 @@ import sys
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ADPruneError
+from adprune_core.files import check_writable_dir
 from reports.pareto import CONTROL_KINDS
 from study.cli import add_store_args, stores_from_args
-from study.stores import location
+from study.stores import RUNS_DIR_FLAG, location
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -38,11 +39,16 @@ def _warn(text: str) -> None:
 
 
 def _run_pick(args: argparse.Namespace) -> int:
-    from reports.pick import choose_trial, pick
+    from reports.pick import choose_trial, default_out_dir, pick
     from reports.trial_lookup import open_study
 
     view = open_study(stores_from_args(args), args.study)
     trial, reason = choose_trial(view, args.trial, args.knee)
+    # before any write: the export folder, and an embedded registry (mlflow.db in the runtime folder)
+    check_writable_dir(args.out or default_out_dir(view.runs_dir, view.name, trial.number),
+                       "--out (OUT=)" if args.out else RUNS_DIR_FLAG)
+    if not view.stores.tracking_server:
+        view.stores.check_writable()
     result = pick(view, trial, args.out, reason)
     m = result.metrics
     vs = (f" ({m['accuracy_change']:+.4f} vs the baseline, trial {m['baseline']['trial']})"
@@ -127,6 +133,7 @@ def _run_control(args: argparse.Namespace) -> int:
     from reports.trial_lookup import open_study
 
     view = open_study(stores_from_args(args), args.study)
+    view.stores.check_writable()  # controls train into the runtime folder and log to the study's MLflow store
     kinds = control_kinds(args.kinds, args.uniform)
     trials = _controlled_trials(view, args)
     client = mlflow_client(view.stores)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
+from adprune_core.files import check_writable_dir
 from reports.load import DEFAULT_MLFLOW_URL, StudyData, load_study_data
 from reports.render import write_report
 from reports.report import Report, build_report
 from study.cli import add_store_args, stores_from_args
-from study.stores import Stores, without_credentials
+from study.stores import RUNS_DIR_FLAG, Stores, without_credentials
 
 ARTIFACT_DIR = "report"
 
@@ -76,8 +77,12 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    result = make_report(stores_from_args(args), args.study, args.out, args.mlflow_url,
-                         log_to_mlflow=not args.no_log)
+    stores = stores_from_args(args)
+    # before reading anything: where the report goes, and the store it is logged to, must take writes
+    check_writable_dir(args.out or stores.runs_dir / "reports", "--out" if args.out else RUNS_DIR_FLAG)
+    if not args.no_log and not stores.tracking_server:
+        stores.check_writable()
+    result = make_report(stores, args.study, args.out, args.mlflow_url, log_to_mlflow=not args.no_log)
     r = result.report
     print(f"study {r.study!r}: {sum(r.states.values())} trials, {len(r.pareto)} on the Pareto front "
           f"({', '.join(map(str, r.pareto)) or 'none'})" + (f"; hypervolume {r.hv_history[-1][1]:.4f}"

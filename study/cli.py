@@ -29,6 +29,7 @@ from pathlib import Path
 
 from adprune_core.cli import SUBCOMMANDS
 from adprune_core.errors import ConfigError
+from adprune_core.files import check_writable_dir
 from study.server_options import (
     ADMIN_PASSWORD_ENV,
     allowed_hosts,
@@ -38,7 +39,15 @@ from study.server_options import (
     split_names,
     write_auth_config,
 )
-from study.stores import STORAGE_ENV, TRACKING_ENV, Stores, location, without_credentials
+from study.stores import (
+    RUNS_DIR_FLAG,
+    STORAGE_ENV,
+    TRACKING_ENV,
+    Stores,
+    check_sqlite_file,
+    location,
+    without_credentials,
+)
 
 RUNS_DIR_ENV = "RUNS_DIR"
 DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
@@ -171,6 +180,7 @@ def _run_study(args: argparse.Namespace) -> int:
     values.update(share_values(args))
     cfg = load_study_config(path, args.overrides, values)
     stores = stores_from_args(args)
+    stores.check_writable()
     name = args.name or default_name
     if args.worker_rank is None:  # (a worker's parent already said it)
         print(f"study {name!r} from {path}: {stores.describe()}")
@@ -192,7 +202,9 @@ def _run_study(args: argparse.Namespace) -> int:
                        spawn=spawn, snapshots=args.snapshot_dir)
     print(format_report(report, cfg.objective_names))
     if stores.tracking_server:
-        print(f"browse: {without_credentials(stores.tracking_uri)}")
+        from study.tracking import ui_url
+
+        print(f"browse: {ui_url(without_credentials(stores.tracking_uri))}")
     else:
         runs_dir = args.runs_dir or default_runs_dir()
         print(f"browse: make ui{'' if runs_dir == 'runs' else f' RUNS_DIR={runs_dir}'}  "
@@ -217,7 +229,9 @@ def _run_worker(args: argparse.Namespace) -> int:
     from study.workers import join_study
 
     values = {"data.root": args.data} if args.data else {}
-    join_study(args.study, stores_from_args(args), args.trials, args.overrides, {**values, **share_values(args)},
+    stores = stores_from_args(args)
+    stores.check_writable()
+    join_study(args.study, stores, args.trials, args.overrides, {**values, **share_values(args)},
                snapshots=args.snapshot_dir)
     return 0
 
@@ -297,7 +311,9 @@ def _mlflow_server_args(p: argparse.ArgumentParser) -> None:
 def _run_mlflow_server(args: argparse.Namespace) -> int:
     from study.stores import DATABASES, check_url, sqlite_url
 
-    runs_dir = Path(args.runs_dir or default_runs_dir())
+    check_port(args.port, "--port (MLFLOW_PORT=)")
+    runs_dir = check_writable_dir(args.runs_dir or default_runs_dir(), RUNS_DIR_FLAG)
+    artifacts = check_writable_dir(args.artifacts or runs_dir / "mlflow-server-artifacts", "--artifacts (ARTIFACTS=)")
     given = args.backend_store or os.environ.get(MLFLOW_BACKEND_ENV)
     backend_store = (check_url(given, "the MLflow server's database", DATABASES, "--backend-store",
                                "postgresql://USER@HOST:5432/mlflow or sqlite:///path/mlflow-server.db")
@@ -315,7 +331,6 @@ def _run_mlflow_server(args: argparse.Namespace) -> int:
     hosts = allowed_hosts(args.host, names, extra)
     origins = cors_origins(args.port, [*names, *(n for n in extra if n != "*")], split_names(args.cors_origins))
     runs_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = Path(args.artifacts or runs_dir / "mlflow-server-artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     auth_config = write_auth_config(runs_dir, auth_db) if auth_db else None
     shown_host = "HOST" if args.host in ("0.0.0.0", "::") else args.host
@@ -353,17 +368,28 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_ui(args: argparse.Namespace) -> int:
+    check_port(args.port, "--port (PORT=)")
     runs_dir = Path(args.runs_dir or default_runs_dir())
     if not (runs_dir / "mlflow.db").is_file():
         raise ConfigError(f"no MLflow store at {runs_dir / 'mlflow.db'}; run a study first (make study) "
                           "or pass --runs-dir")
+    check_sqlite_file(runs_dir / "mlflow.db", "the MLflow store")
     if not _has_mlflow():
         raise ConfigError("mlflow is not installed; run make install")
-    print(f"MLflow UI for {runs_dir / 'mlflow.db'}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    from study.tracking import ui_url
+
+    print(f"MLflow UI for {runs_dir / 'mlflow.db'}: {ui_url(f'http://127.0.0.1:{args.port}')}  (Ctrl-C stops it)",
+          flush=True)
     try:
         return subprocess.call(ui_command(runs_dir, args.port))
     except KeyboardInterrupt:
         return 0
+
+
+def check_port(port: int, flag: str) -> None:
+    """A one-line ``ConfigError`` unless ``port`` is a TCP port number (1..65535)."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{flag}: {port} is not a TCP port; use a number from 1 to 65535, e.g. 5000")
 
 
 def _has_mlflow() -> bool:

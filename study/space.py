@@ -51,7 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adprune_core.config import SECTIONS, Config, config_from_dict, config_to_dict, parse_override, read_yaml
+from adprune_core.config import (
+    MAX_SEED,
+    SECTIONS,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    finite,
+    parse_override,
+    read_yaml,
+)
 from adprune_core.errors import ConfigError
 from study.samplers import SAMPLERS
 
@@ -430,6 +439,7 @@ def _dimension(key: str, spec: dict, earlier: list[Dimension]) -> Dimension:
     for name, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
         if not isinstance(v, number) or isinstance(v, bool):
             raise ConfigError(f"{where}: {name} must be {'an int' if kind == 'int' else 'a number'}, got {v!r}")
+        finite(f"{where}: {name}", v)
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: log must be true or false, got {log!r}")
     if low > high:
@@ -530,8 +540,13 @@ def _section(cls: type, where: str, raw: Any, required: tuple[str, ...] = ()) ->
         if not ok:
             kind = f"a list of {want.__name__}" if inner else want.__name__
             raise ConfigError(f"{where}.{name}: expected {kind}, got {value!r}")
+        for v in items:
+            finite(f"{where}.{name}", v)
         if want is int and any(v < (2 if name == "population_size" else 0) for v in items):
             raise ConfigError(f"{where}.{name}: {value!r} is too small; use a positive number")
+        if name == "seed" and value > MAX_SEED:
+            raise ConfigError(f"{where}.seed: {value} is above the maximum {MAX_SEED} (samplers take 32-bit seeds); "
+                              f"use a seed from 0 to {MAX_SEED}")
         values[name] = tuple(float(v) for v in items) if inner else (float(value) if want is float else value)
     return cls(**values)
 

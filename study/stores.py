@@ -25,19 +25,22 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sqlite3
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from adprune_core.errors import ConfigError
+from adprune_core.files import check_writable_dir, check_writable_file
 
 STORAGE_ENV = "ADPRUNE_STORAGE"
 TRACKING_ENV = "ADPRUNE_TRACKING"
 STORAGE_FLAG = f"--storage (${STORAGE_ENV})"  # how errors name the setting: a flag, or make's STORAGE=
 TRACKING_FLAG = f"--tracking (${TRACKING_ENV})"
+RUNS_DIR_FLAG = "--runs-dir (RUNS_DIR=)"
 SQLITE_LOCK_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
 DATABASES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy back ends that Optuna and MLflow both support
@@ -219,10 +222,49 @@ class Stores:
         """The environment that hands both stores to a worker process (not its command line)."""
         return {STORAGE_ENV: self.optuna_url, TRACKING_ENV: self.tracking_uri}
 
+    def check_writable(self) -> None:
+        """A one-line ``ConfigError``, before any work, unless this process may write what the study
+        commands write on this machine: the runtime folder (trial outputs, checkpoints, reports, picks) and
+        the embedded SQLite stores with their journals and the local artifacts (a server's are its own)."""
+        check_writable_dir(self.runs_dir, RUNS_DIR_FLAG)
+        for url, flag in ((self.optuna_url, STORAGE_FLAG), (self.tracking_uri, TRACKING_FLAG)):
+            path = sqlite_path(url)
+            if path is not None:
+                check_writable_file(path, RUNS_DIR_FLAG if path.parent == self.runs_dir else flag)
+        if self.artifact_root is not None:
+            check_writable_dir(self.artifact_root, RUNS_DIR_FLAG)
+
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL, None for other back ends."""
     return Path(url.partition(":///")[2].partition("?")[0]) if backend(url) == "sqlite" else None
+
+
+_SOUND: set[Path] = set()  # SQLite files this process found sound (checked once per process)
+
+
+def check_sqlite_file(path: Path, what: str) -> None:
+    """A one-line ``ConfigError`` when the SQLite file ``path`` exists but is damaged (cut short, pages
+    overwritten), found with SQLite's ``PRAGMA quick_check`` on a read-only connection before anything
+    is written to it. A missing or empty file, or one that cannot be opened or stays locked, gets no
+    verdict here (the store's own opening reports that)."""
+    path = Path(path)
+    if path in _SOUND or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                     timeout=SQLITE_LOCK_TIMEOUT_S)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        problem = None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:2])
+    except sqlite3.OperationalError:  # unreadable or locked: not a verdict on the file's contents
+        return
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        problem = str(exc)
+    if problem:
+        raise ConfigError(f"{what} {path} is damaged (SQLite: {' '.join(problem.split())[:200]}); nothing was "
+                          "written to it: restore it from a backup (or salvage it with sqlite3's .recover), or "
+                          "move it away to start a new one")
+    _SOUND.add(path)
 
 
 def location(url: str) -> str:
@@ -313,7 +355,9 @@ def check_tracking_reachable(stores: Stores, timeout_s: float = CONNECT_TIMEOUT_
             raise ConfigError(f"{TRACKING_FLAG}: {redact(uri)} answered /health with HTTP {response.status_code}, "
                               "not an MLflow tracking server; check the URL") from None
         _check_api_access(uri, timeout_s)
-    elif backend(uri) != "sqlite":
+    elif backend(uri) == "sqlite":
+        check_sqlite_file(sqlite_path(uri), "the MLflow store")
+    else:
         import sqlalchemy
 
         try:

@@ -2,7 +2,8 @@
 
 Layout, in the study's tracking store (``study.stores``: embedded SQLite by default, or a tracking
 server): one experiment per study, named after it, artifacts under ``<runs>/mlartifacts/<study>/``
-(embedded) or where the server keeps them;
+(embedded) or where the server keeps them, tagged ``mlflow.experimentKind=custom_model_development``
+so that MLflow 3's UI opens it as model training (runs, metrics, models), not in its GenAI view;
 - a parent run for the study (run name = study name, tag ``adprune.role=study``): the study config
   (params, ``study_config.json``), and after every trial ``pareto_front.json`` and the metrics
   ``pareto_size``, ``trials_complete``, ``trials_pruned``, ``trials_failed`` (step = trial number);
@@ -42,11 +43,17 @@ from typing import Any
 from study.pareto import describe_trial, pareto_trials
 from study.plots import layer_curves, render
 from study.sharing import sharing_totals, trial_sharing
-from study.stores import Stores
+from study.stores import Stores, check_sqlite_file, sqlite_path
 
 LEFT_RUNNING_REASON = "left running by an interrupted process"  # a run (and trial) no process will finish
 EPOCH_METRICS = ("train_loss", "train_top1", "val_top1", "lr", "params", "flops", "train_flops_cum", "seconds")
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# MLflow 3's experiment type, read by its UI: "custom_model_development" is model training ("Machine learning"),
+# "genai_development" traces and judges. Its value is the UI's ExperimentKind (mlflow/server/js).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI shows every experiment in the view of its GenAI / Model training switch (kept in the browser,
+# GenAI at first) and reads that tag only without the switch; a link with this query opens model training.
+UI_MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 PLOT_FILE = "density_width.png"
 _MAX_PARAMS, _MAX_METRICS = 100, 1000  # per log_batch call
 
@@ -85,12 +92,15 @@ class StudyTracker:
         if exp is None:  # a tracking server picks the artifact location itself (and serves the artifacts)
             root = stores.artifact_root
             location = (root / metric_name(study_name).replace("/", "_")).as_uri() if root is not None else None
-            self.experiment_id = self.client.create_experiment(study_name, artifact_location=location,
-                                                               tags={"adprune.study": study_name})
+            self.experiment_id = self.client.create_experiment(
+                study_name, artifact_location=location,
+                tags={"adprune.study": study_name, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # a study made before the tag: mark it (a user's choice stays)
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         self.parent_id: str | None = None
 
     def open(self, study: Any, study_config: Mapping[str, Any]) -> str:
@@ -279,6 +289,12 @@ class TrialRun:
         self.client.set_terminated(self.run_id, "KILLED" if interrupted else RUN_STATUS.get(state, "FAILED"))
 
 
+def ui_url(base_url: str, page: str = "experiments") -> str:
+    """A link into the MLflow UI at ``base_url`` (``http://127.0.0.1:5000``) that opens ``page``
+    (``experiments/<id>/runs/<run id>``) in its model-training view."""
+    return f"{base_url.rstrip('/')}/#/{page}?{UI_MODEL_TRAINING_QUERY}"
+
+
 def mlflow_client(stores: Stores | str | Path) -> Any:
     """An ``MlflowClient`` on the study's tracking store (``Stores.tracking_uri``), its model registry too."""
     _quiet_store_logs()
@@ -287,6 +303,8 @@ def mlflow_client(stores: Stores | str | Path) -> Any:
     from mlflow.tracking import MlflowClient
 
     uri = Stores.of(stores).tracking_uri
+    if sqlite_path(uri) is not None:
+        check_sqlite_file(sqlite_path(uri), "the MLflow store")
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

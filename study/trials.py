@@ -40,6 +40,7 @@ from study.stores import (
     STORAGE_FLAG,
     Stores,
     backend,
+    check_sqlite_file,
     connection_error,
     engine_kwargs,
     serialize_sqlite_transactions,
@@ -109,6 +110,7 @@ def optuna_storage(stores: Stores | str | Path) -> optuna.storages.RDBStorage:
     url = stores.optuna_url
     interval, grace = heartbeat_settings()
     if backend(url) == "sqlite":
+        check_sqlite_file(sqlite_path(url), "the Optuna storage")
         sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():

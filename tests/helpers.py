@@ -128,3 +128,23 @@ def wait_healthy(proc, log: Path, url: str, timeout: float = 240.0) -> None:
             return False
 
     wait_until(proc, log, healthy, timeout=timeout, interval=0.5, what="the MLflow server to start")
+
+
+def as_ordinary_user():
+    """A ``preexec_fn`` that makes a subprocess meet file permissions as an ordinary user does, so that a
+    read-only folder is read-only to it: run as root (as in a container), it drops the two capabilities that
+    override permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from the bounding set before ``exec``, as
+    ``setpriv --bounding-set -dac_override,-dac_read_search`` would; otherwise it changes nothing."""
+    import ctypes
+    import os
+
+    if os.geteuid() != 0:
+        return None
+
+    def drop() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    return drop

@@ -130,7 +130,8 @@ def test_links_resolve_to_real_mlflow_runs(built):
     assert set(trials["mlflow_run_id"]) | {built["control_id"]} <= run_ids
     for run_id in run_ids:
         assert client.get_run(run_id).info.experiment_id == exp_id
-    assert (trials["mlflow_url"] == MLFLOW_URL + "/#/experiments/" + exp_id + "/runs/" + trials["mlflow_run_id"]).all()
+    assert (trials["mlflow_url"] == MLFLOW_URL + "/#/experiments/" + exp_id + "/runs/" + trials["mlflow_run_id"]
+            + "?workflowType=machine_learning").all()
 
 
 def test_report_is_logged_to_the_parent_run(built):

@@ -227,7 +227,7 @@ def test_number_formats_and_links():
     assert (fmt_si(1.234e9), fmt_si(5162240), fmt_si(950), fmt_si(nan)) == ("1.23 G", "5.16 M", "950", "–")
     assert (fmt_acc(0.8125), fmt_pt(-0.012), fmt_pt(0.0), fmt_x(2.5)) == ("81.25%", "-1.20 pt", "+0.00 pt", "2.50x")
     assert md_table(("a", "b"), [["1|2", "x"]]).splitlines() == ["| a | b |", "|---|---|", "| 1\\|2 | x |"]
-    assert run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc"
+    assert run_url("http://h:5000/", "3", "abc") == "http://h:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     assert run_url("http://h:5000", None, "abc") is None
     assert registered_model_name("cifar10/vgg19 a") == "adprune-cifar10-vgg19-a"
 

@@ -62,6 +62,27 @@ def should_prune(cfg: PruneConfig, epoch: int, total_epochs: int,
     raise ValueError(f"unknown prune.schedule {cfg.schedule!r}")
 
 
+def earliest_prune_epoch(cfg: PruneConfig, total_epochs: int) -> int | None:
+    """The first epoch (1-based) after which ``should_prune`` can possibly say yes in a run of
+    ``total_epochs``, whatever the densities do; None when the schedule provably never prunes in it.
+
+    ``fixed``: its first epoch before the last; ``interval``: ``warmup`` (or ``interval`` when ``warmup`` is
+    0); ``saturation``: ``max(warmup, patience + 1)`` (it needs ``patience`` epoch-to-epoch steps of density
+    history); ``none``, ``max_rounds`` 0, or an epoch at or after the last: None. Whether densities settle
+    is not known in advance: a ``saturation`` run may still end without a cut."""
+    if cfg.schedule == "none" or cfg.max_rounds < 1:
+        return None
+    if cfg.schedule == "fixed":
+        first = min((e for e in cfg.epochs if e >= 1), default=None)
+    elif cfg.schedule == "interval":
+        first = cfg.warmup if cfg.warmup >= 1 else cfg.interval
+    elif cfg.schedule == "saturation":
+        first = max(cfg.warmup, cfg.patience + 1)
+    else:
+        raise ValueError(f"unknown prune.schedule {cfg.schedule!r}")
+    return first if first is not None and first < total_epochs else None
+
+
 def densities_settled(history: Sequence[Mapping[str, float]], tol: float, patience: int) -> bool:
     """True when the last ``patience`` steps of ``history`` each moved every layer by < ``tol``."""
     if len(history) < patience + 1:

@@ -207,12 +207,16 @@ def trial_inputs(data: StudyData) -> list[TrialInput]:
         attrs = t.user_attrs
         final = attrs.get("final") or {}
         run_id = attrs.get("mlflow_run_id")
+        baseline = bool(attrs.get("baseline"))
+        # studies from before the never_pruned attr and constraint: a COMPLETE searched trial with no prune round
+        never = bool(attrs.get("never_pruned", not baseline and t.state.name == "COMPLETE"
+                               and final.get("prune_rounds") == 0))
         out.append(TrialInput(
-            number=t.number, state=t.state.name, baseline=bool(attrs.get("baseline")),
-            values=tuple(t.values) if t.values else None,
-            metrics={m: final[m] for m in METRICS if m in final}, params=dict(t.params), feasible=feasible(t),
-            stop_reason=attrs.get("stop_reason"), fail_reason=attrs.get("fail_reason"), run_id=run_id,
-            url=data.url(run_id), picked=t.number in data.picked))
+            number=t.number, state=t.state.name, baseline=baseline, values=tuple(t.values) if t.values else None,
+            metrics={m: final[m] for m in METRICS if m in final}, params=dict(t.params),
+            feasible=feasible(t) and not never, stop_reason=attrs.get("stop_reason"),
+            fail_reason=attrs.get("fail_reason"), run_id=run_id, url=data.url(run_id), picked=t.number in data.picked,
+            never_pruned=never))
     return out
 
 

@@ -73,6 +73,7 @@ class TrialInput:
     run_id: str | None = None
     url: str | None = None
     picked: bool = False
+    never_pruned: bool = False  # a searched trial that ended without a cut (also infeasible: ``feasible`` False)
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,12 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
                controls: Sequence[ControlInput] = ()) -> list[dict[str, Any]]:
     """Every trial as a flat row (the columns of ``trials.csv``), by trial number.
 
-    Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``pareto`` (on the front of the COMPLETE
-    feasible trials' objective values), the objective values under their names, the other final
-    metrics, the savings (module docstring; metrics and savings only for COMPLETE trials, a stopped
-    run's numbers being partial), ``search.<key>`` per searched key, ``stop_reason``,
-    ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, and per control kind present
-    ``<kind>_val_top1``, ``<kind>_flops``, ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>``,
+    Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``never_pruned`` (a searched trial that made no
+    cut; it is infeasible too), ``pareto`` (on the front of the COMPLETE feasible trials' objective values), the
+    objective values under their names, the other final metrics, the savings (module docstring; metrics and
+    savings only for COMPLETE trials, a stopped run's numbers being partial), ``search.<key>`` per searched key,
+    ``stop_reason``, ``fail_reason``, ``picked``, ``mlflow_run_id``, ``mlflow_url``, and per control kind
+    present ``<kind>_val_top1``, ``<kind>_flops``, ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>``,
     ``<kind>_run_id``, ``<kind>_url`` (the latest control of that kind, when several).
     """
     trials = sorted(trials, key=lambda t: t.number)
@@ -133,7 +134,7 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
     for t, point, pareto in zip(trials, points, on_front):
         metrics = t.metrics if t.state == "COMPLETE" else {}  # a stopped run's numbers are partial
         row: dict[str, Any] = {"number": t.number, "state": t.state, "baseline": t.baseline,
-                               "feasible": t.feasible, "pareto": pareto}
+                               "feasible": t.feasible, "never_pruned": t.never_pruned, "pareto": pareto}
         row.update(dict(zip(names, point)))
         row.update({m: float(metrics[m]) if finite(metrics.get(m)) else math.nan for m in METRICS if m not in names})
         row.update(savings(metrics, base.metrics if base else None))
@@ -164,6 +165,7 @@ class ViewPoint:
     pareto: bool = False  # on the (all-objective) Pareto front
     baseline: bool = False
     feasible: bool = True
+    never_pruned: bool = False
     control: str | None = None  # the control kind, None for a trial
     run_id: str | None = None
     url: str | None = None
@@ -192,7 +194,8 @@ def views(rows: Sequence[Mapping[str, Any]], names: Sequence[str],
     out = []
     for x, y in view_axes(names):
         pts = [ViewPoint(float(r[x]), float(r[y]), r["number"], bool(r["pareto"]), bool(r["baseline"]),
-                         bool(r["feasible"]), None, r.get("mlflow_run_id"), r.get("mlflow_url"))
+                         bool(r["feasible"]), bool(r.get("never_pruned")), None, r.get("mlflow_run_id"),
+                         r.get("mlflow_url"))
                for r in rows if r["state"] == "COMPLETE" and finite(r.get(x)) and finite(r.get(y))]
         pts += [ViewPoint(float(c.metrics[x]), float(c.metrics[y]), c.control_of, control=c.kind,
                           run_id=c.run_id, url=c.url)

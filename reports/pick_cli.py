@@ -36,7 +36,7 @@ def _warn(text: str) -> None:
 
 
 def _run_pick(args: argparse.Namespace) -> int:
-    from reports.pick import choose_trial, pick
+    from reports.pick import choose_trial, fewer, pick
     from reports.trial_lookup import open_study
 
     view = open_study(stores_from_args(args), args.study)
@@ -46,10 +46,12 @@ def _run_pick(args: argparse.Namespace) -> int:
     vs = (f" ({m['accuracy_change']:+.4f} vs the baseline, trial {m['baseline']['trial']})"
           if m.get("baseline") else " (no completed baseline)")
     print(f"picked trial {result.number} of study {result.study!r}: val_top1 {m['val_top1']:.4f}{vs}, "
-          f"params {m['params']:,} ({m['compression_params']:.2f}x fewer), flops {m['flops']:,} "
-          f"({m['compression_flops']:.2f}x fewer)"
+          f"params {m['params']:,} ({fewer(m['compression_params'], m['prune_rounds'])}), flops {m['flops']:,} "
+          f"({fewer(m['compression_flops'], m['prune_rounds'])})"
           + (f", training compute {m['train_compute_reduction']:.2f}x less" if m.get("train_compute_reduction")
              else ""))
+    if not m["prune_rounds"]:
+        _warn(f"trial {result.number} was never pruned: it is the dense network, not a compressed one")
     if reason:
         print(f"why: {reason}")
     print(f"registered: {result.model_name} version {result.version}, alias {result.alias} "

@@ -32,7 +32,7 @@ from adprune_core.errors import ConfigError
 from study.objective import Objective, retry_history
 from study.pareto import completed_baseline, describe_trial, pareto_trials
 from study.samplers import SAMPLERS
-from study.space import StudyConfig
+from study.space import StudyConfig, prune_window_note
 from study.stores import Stores, check_tracking_reachable
 from study.tracking import StudyTracker
 from study.trials import (
@@ -118,6 +118,9 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
             + (f"adding {to_run} to reach {n_trials}" if to_run else f"already >= {n_trials}, nothing to run"))
     else:
         log(f"new study {name!r}: {to_run} trial(s), the baseline included")
+    note = prune_window_note(cfg) if to_run else None
+    if note:
+        log(note)
 
     if data is not None:
         tracker = StudyTracker(stores, name, cfg.objective_names, cfg.directions)

@@ -65,6 +65,27 @@ def should_prune(cfg: PruneConfig, epoch: int, total_epochs: int,
     raise ValueError(f"unknown prune.schedule {cfg.schedule!r}")
 
 
+def earliest_prune_epoch(cfg: PruneConfig, total_epochs: int) -> int | None:
+    """The first epoch (1-based) after which ``should_prune`` can possibly say yes in a run of
+    ``total_epochs``, whatever the densities do; None when the schedule provably never prunes in it.
+
+    ``fixed``: its first epoch before the last; ``interval``: ``warmup`` (or ``interval`` when ``warmup`` is
+    0); ``saturation``: ``max(warmup, patience + 1)`` (it needs ``patience`` epoch-to-epoch steps of density
+    history); ``none``, ``max_rounds`` 0, or an epoch at or after the last: None. Whether densities settle
+    is not known in advance: a ``saturation`` run may still end without a cut."""
+    if cfg.schedule == "none" or cfg.max_rounds < 1:
+        return None
+    if cfg.schedule == "fixed":
+        first = min((e for e in cfg.epochs if e >= 1), default=None)
+    elif cfg.schedule == "interval":
+        first = cfg.warmup if cfg.warmup >= 1 else cfg.interval
+    elif cfg.schedule == "saturation":
+        first = max(cfg.warmup, cfg.patience + 1)
+    else:
+        raise ValueError(f"unknown prune.schedule {cfg.schedule!r}")
+    return first if first is not None and first < total_epochs else None
+
+
 def first_prune_epoch(cfg: PruneConfig, total_epochs: int,
                       density_history: Sequence[Mapping[str, float]]) -> int | None:
     """The first epoch (1-based) after which a run that has not pruned yet decides to prune, replaying
@@ -79,14 +100,12 @@ def first_prune_epoch(cfg: PruneConfig, total_epochs: int,
 
 def first_prune_range(cfg: PruneConfig, total_epochs: int) -> tuple[int, int] | None:
     """(earliest, latest) epoch of a run's first prune decision, whatever its densities; None if it never
-    prunes. ``fixed`` and ``interval`` know theirs from the config; ``saturation`` needs ``patience + 1``
-    measured epochs and ``warmup`` epochs, and may come as late as the second-to-last epoch."""
-    if cfg.schedule == "saturation":
-        earliest = max(1, cfg.warmup, cfg.patience + 1)
-        return (earliest, total_epochs - 1) if cfg.max_rounds > 0 and earliest < total_epochs else None
-    no_history: list[Mapping[str, float]] = [{}] * max(total_epochs - 1, 0)
-    first = first_prune_epoch(cfg, total_epochs, no_history)
-    return None if first is None else (first, first)
+    prunes. ``fixed`` and ``interval`` know theirs from the config (earliest = latest); ``saturation``
+    starts at ``earliest_prune_epoch`` and may come as late as the second-to-last epoch."""
+    earliest = earliest_prune_epoch(cfg, total_epochs)
+    if earliest is None:
+        return None
+    return (earliest, total_epochs - 1) if cfg.schedule == "saturation" else (earliest, earliest)
 
 
 def densities_settled(history: Sequence[Mapping[str, float]], tol: float, patience: int) -> bool:

@@ -44,11 +44,29 @@ class PlotlyPage:
         return html
 
 
+def axis_range(values: Sequence[float], accuracy: bool = False) -> list[float] | None:
+    """An explicit [low, high] for an axis over ``values``, padded so that equal or nearly equal values do
+    not collapse the axis (plotly then prints one tick label many times, or stretches an accuracy axis
+    below 0): at least 2% of the value (0.02 for an accuracy) on each side; accuracies stay in [0, 1].
+    None when there is no finite value."""
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    pad = max(0.08 * (hi - lo), 0.02 if accuracy else 0.02 * max(abs(lo), abs(hi)), 1e-12)
+    low, high = lo - pad, hi + pad
+    if accuracy:
+        low, high = max(0.0, low), min(1.0, high)
+    elif lo >= 0:
+        low = max(0.0, low)  # costs are never negative
+    return [low, high]
+
+
 def _label(p: ViewPoint) -> str:
     if p.control:
         return f"{p.control} control of trial {p.number}"
-    tags = [t for t, on in (("baseline", p.baseline), ("Pareto-optimal", p.pareto), ("infeasible", not p.feasible))
-            if on]
+    tags = [t for t, on in (("baseline", p.baseline), ("Pareto-optimal", p.pareto), ("never pruned", p.never_pruned),
+                            ("infeasible", not p.feasible and not p.never_pruned)) if on]
     return f"trial {p.number}" + (f" ({', '.join(tags)})" if tags else "")
 
 
@@ -58,7 +76,9 @@ def _groups(view: View) -> list[tuple[str, list[ViewPoint], dict]]:
     groups = [
         ("other trials", [p for p in pts if not p.control and not p.pareto and p.feasible and not p.baseline],
          {"symbol": "circle", "color": "#b0b0b0", "size": 8}),
-        ("infeasible", [p for p in pts if not p.control and not p.feasible and not p.baseline],
+        ("never pruned", [p for p in pts if not p.control and p.never_pruned and not p.baseline],
+         {"symbol": "circle-open", "color": "#888", "size": 10}),
+        ("infeasible", [p for p in pts if not p.control and not p.feasible and not p.never_pruned and not p.baseline],
          {"symbol": "x", "color": "#c0392b", "size": 8}),
         ("Pareto-optimal", [p for p in pts if not p.control and p.pareto and not p.baseline],
          {"symbol": "circle", "color": "#2c6fbb", "size": 11, "line": {"width": 1, "color": "#123"}}),
@@ -73,11 +93,12 @@ def _groups(view: View) -> list[tuple[str, list[ViewPoint], dict]]:
 
 
 def _texts(view: View) -> dict[int, str]:
-    """The number written beside each trial marker (by ``id`` of the point); trials at the same spot share
-    one label ("0,2,4"), so that numbers do not print over each other."""
+    """The number written beside each labelled marker (the baseline's and the Pareto trials', by ``id`` of
+    the point); such trials at the same spot share one label ("2,4"), so that numbers do not print over each
+    other. Unlabelled trials at the same spot (never pruned, say) are named in the hover text instead."""
     at: dict[tuple[float, float], list[ViewPoint]] = {}
     for p in view.points:
-        if not p.control:
+        if not p.control and (p.baseline or p.pareto):
             at.setdefault((p.x, p.y), []).append(p)
     shown = {}
     for group in at.values():  # on the marker drawn with text: the baseline's, else a Pareto trial's
@@ -116,8 +137,10 @@ def view_figure(view: View) -> object:
                            "<br>%{customdata[1]}<extra></extra>")))
     fig.update_layout(title=f"{view.y} vs {view.x}", margin={"l": 60, "r": 20, "t": 50, "b": 50},
                       legend={"orientation": "h", "y": -0.2}, template="plotly_white")
-    fig.update_xaxes(title=AXIS_TITLES.get(view.x, view.x), tickformat=".1%" if view.x == "val_top1" else "~s")
-    fig.update_yaxes(title=AXIS_TITLES.get(view.y, view.y), tickformat=".1%" if view.y == "val_top1" else "~s")
+    for axis, name, update in (("x", view.x, fig.update_xaxes), ("y", view.y, fig.update_yaxes)):
+        values = [getattr(p, axis) for p in view.points]
+        update(title=AXIS_TITLES.get(name, name), tickformat=".1%" if name == "val_top1" else "~s",
+               range=axis_range(values, accuracy=name == "val_top1"))
     return fig
 
 

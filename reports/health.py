@@ -18,7 +18,9 @@ of them, or no parameter common to all of them, the answer is "not enough trials
 
 **Edge warnings.** A Pareto trial whose searched numeric value lies within ``EDGE_FRACTION`` (2%) of
 the span of its range from the low or high end (on the log scale for log ranges) suggests that the
-range cuts off better values: widen it. Categorical parameters are never on an edge.
+range cuts off better values: widen it, on that side. An end that already sits at the key's own limit
+(``prune.patience`` and ``prune.rounds`` start at 1, ``prune.channel_density_min`` at 0) cannot be
+widened and gives no warning. Categorical parameters are never on an edge.
 """
 
 from __future__ import annotations
@@ -163,12 +165,16 @@ def range_position(value: float, low: float, high: float, log: bool = False) -> 
 
 
 def edge_hits(number: int, params: Mapping[str, Any], distributions: Mapping[str, Any],
-              fraction: float = EDGE_FRACTION) -> list[EdgeHit]:
-    """The searched numeric values of one trial that sit within ``fraction`` of an end of their range.
+              fraction: float = EDGE_FRACTION,
+              limits: Mapping[str, tuple[float | None, float | None]] | None = None) -> list[EdgeHit]:
+    """The searched numeric values of one trial that sit within ``fraction`` of an end of their range,
+    where widening the range past that end could help.
 
     ``distributions``: key -> Optuna distribution (``trial.distributions``) or a mapping with ``low``,
     ``high`` and optional ``log`` (as in ``study_config.json``); anything without ``low``/``high``
-    (categorical) is skipped, as is a range of one value.
+    (categorical) is skipped, as is a range of one value. ``limits``: key -> (least, greatest) value the
+    key allows (``study.space.key_limits``; None = unbounded): an end of the range that already sits at
+    the key's own limit (``prune.patience`` low 1, ``prune.rounds`` low 1) is a natural end, not a hit.
     """
     hits = []
     for key, value in params.items():
@@ -178,21 +184,28 @@ def edge_hits(number: int, params: Mapping[str, Any], distributions: Mapping[str
         if not (finite(low) and finite(high) and finite(value)) or high == low:
             continue
         pos = range_position(float(value), float(low), float(high), bool(spec.get("log")))
-        if pos <= fraction or pos >= 1 - fraction:
-            hits.append(EdgeHit(number, key, float(value), float(low), float(high), "low" if pos <= 0.5 else "high",
-                                pos))
+        if not (pos <= fraction or pos >= 1 - fraction):
+            continue
+        end = "low" if pos <= 0.5 else "high"
+        least, greatest = (limits or {}).get(key, (None, None))
+        at_limit = least if end == "low" else greatest
+        if at_limit is not None and float(low if end == "low" else high) == float(at_limit):
+            continue  # the range already reaches as far as the key allows on this side
+        hits.append(EdgeHit(number, key, float(value), float(low), float(high), end, pos))
     return hits
 
 
 def edge_warnings(hits: Sequence[EdgeHit]) -> list[str]:
-    """One line per (parameter, end of its range): the trials and values there, the range, the fix."""
+    """One line per (parameter, end of its range): the trials and values there, the range, which way to
+    widen it."""
     groups: dict[tuple[str, str, float, float], list[EdgeHit]] = {}
     for h in hits:
         groups.setdefault((h.key, h.end, h.low, h.high), []).append(h)
     lines = []
     for (key, end, low, high), group in groups.items():
         where = ", ".join(f"trial {h.number} ({h.value:.4g})" for h in group)
+        way = f"lower its low end below {low:.4g}" if end == "low" else f"raise its high end above {high:.4g}"
         lines.append(f"{key} sits at the {end} end of its range [{low:.4g}, {high:.4g}] (within {EDGE_FRACTION:.0%} "
                      f"of the span) in Pareto-optimal {where}: better values may lie beyond it; widen the range "
-                     "in the study file's space and resume the study")
+                     f"({way}) in the study file's space and resume the study")
     return lines

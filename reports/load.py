@@ -211,13 +211,18 @@ def trial_inputs(data: StudyData) -> list[TrialInput]:
         attrs = t.user_attrs
         final = attrs.get("final") or {}
         run_id = attrs.get("mlflow_run_id")
+        baseline = bool(attrs.get("baseline"))
+        # studies from before the never_pruned attr and constraint: a COMPLETE searched trial with no prune round
+        never = bool(attrs.get("never_pruned", not baseline and t.state.name == "COMPLETE"
+                               and final.get("prune_rounds") == 0))
         seed = ((attrs.get("config") or {}).get("train") or {}).get("seed")
         out.append(TrialInput(
-            number=t.number, state=t.state.name, baseline=bool(attrs.get("baseline")),
+            number=t.number, state=t.state.name, baseline=baseline,
             seed=seed if isinstance(seed, int) else None, values=tuple(t.values) if t.values else None,
-            metrics={m: final[m] for m in REPORTED if m in final}, params=dict(t.params), feasible=feasible(t),
-            stop_reason=attrs.get("stop_reason"), fail_reason=attrs.get("fail_reason"), run_id=run_id,
-            url=data.url(run_id), picked=t.number in data.picked, reused_epochs=int(attrs.get("reused_epochs") or 0),
+            metrics={m: final[m] for m in REPORTED if m in final}, params=dict(t.params),
+            feasible=feasible(t) and not never, stop_reason=attrs.get("stop_reason"),
+            fail_reason=attrs.get("fail_reason"), run_id=run_id, url=data.url(run_id), picked=t.number in data.picked,
+            never_pruned=never, reused_epochs=int(attrs.get("reused_epochs") or 0),
             train_flops_spent=float(attrs.get("train_flops_spent") if attrs.get("train_flops_spent") is not None
                                     else math.nan), forked_from=attrs.get("forked_from")))
     return out

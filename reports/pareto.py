@@ -93,6 +93,7 @@ class TrialInput:
     reused_epochs: int = 0  # shared prefixes (study/sharing.py): epochs taken from a snapshot
     train_flops_spent: float = math.nan  # training FLOPs the trial computed itself (train_flops_cum less reused)
     forked_from: str | None = None
+    never_pruned: bool = False  # a searched trial that ended without a cut (also infeasible: ``feasible`` False)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,8 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
                controls: Sequence[ControlInput] = ()) -> list[dict[str, Any]]:
     """Every trial as a flat row (the columns of ``trials.csv``), by trial number.
 
-    Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``pareto`` (on the front of the COMPLETE
+    Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``never_pruned`` (a searched trial that
+    made no cut; it is infeasible too), ``pareto`` (on the front of the COMPLETE
     feasible trials' objective values), the objective values under their names, the other final
     metrics (``test_top1`` among them), ``val_test_gap``, the savings (module docstring; metrics and savings
     only for COMPLETE trials, a stopped run's numbers being partial), ``search.<key>`` per searched key,
@@ -212,7 +214,7 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
     for t, point, pareto in zip(trials, points, on_front):
         metrics = t.metrics if t.state == "COMPLETE" else {}  # a stopped run's numbers are partial
         row: dict[str, Any] = {"number": t.number, "state": t.state, "baseline": t.baseline,
-                               "feasible": t.feasible, "pareto": pareto}
+                               "feasible": t.feasible, "never_pruned": t.never_pruned, "pareto": pareto}
         row.update(dict(zip(names, point)))
         row.update({m: float(metrics[m]) if finite(metrics.get(m)) else math.nan for m in REPORTED if m not in names})
         row["val_test_gap"] = (float(metrics[ACCURACY]) - float(metrics[TEST_ACCURACY])
@@ -250,6 +252,7 @@ class ViewPoint:
     pareto: bool = False  # on the (all-objective) Pareto front
     baseline: bool = False
     feasible: bool = True
+    never_pruned: bool = False
     control: str | None = None  # the control kind, None for a trial
     run_id: str | None = None
     url: str | None = None
@@ -278,7 +281,8 @@ def views(rows: Sequence[Mapping[str, Any]], names: Sequence[str],
     out = []
     for x, y in view_axes(names):
         pts = [ViewPoint(float(r[x]), float(r[y]), r["number"], bool(r["pareto"]), bool(r["baseline"]),
-                         bool(r["feasible"]), None, r.get("mlflow_run_id"), r.get("mlflow_url"))
+                         bool(r["feasible"]), bool(r.get("never_pruned")), None, r.get("mlflow_run_id"),
+                         r.get("mlflow_url"))
                for r in rows if r["state"] == "COMPLETE" and finite(r.get(x)) and finite(r.get(y))]
         pts += [ViewPoint(float(c.metrics[x]), float(c.metrics[y]), c.control_of, control=c.kind,
                           run_id=c.run_id, url=c.url)

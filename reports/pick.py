@@ -129,6 +129,11 @@ def pick_metrics(final: Mapping[str, Any], baseline_final: Mapping[str, Any] | N
     return out
 
 
+def fewer(compression: float, prune_rounds: int | None) -> str:
+    """``"4.20x fewer"``, or ``"dense: never pruned"`` for a network that made no cut (1.00x says nothing)."""
+    return f"{compression:.2f}x fewer" if prune_rounds else "dense: never pruned"
+
+
 def input_description(config: Mapping[str, Any], image_shape: list[int]) -> dict[str, Any]:
     """How to feed the network: shape and normalisation, read from the dataset (never downloaded).
 
@@ -406,8 +411,10 @@ def readme_text(record: Mapping[str, Any], config: Mapping[str, Any], out: Path)
         f"| | this network | {head} |", "|---|---|---|",
         f"| val_top1 (the split the search used) | {record['val_top1']:.4f}{change[0]} | {cells[0]} |",
         f"| test_top1 (never seen by the search) | {_acc(record.get('test_top1'))}{change[2]} | {cells[4]} |",
-        f"| params | {record['params']:,} ({record['compression_params']:.2f}x fewer) | {cells[1]} |",
-        f"| FLOPs per image | {record['flops']:,} ({record['compression_flops']:.2f}x fewer) | {cells[2]} |",
+        f"| params | {record['params']:,} ({fewer(record['compression_params'], record['prune_rounds'])}) "
+        f"| {cells[1]} |",
+        f"| FLOPs per image | {record['flops']:,} ({fewer(record['compression_flops'], record['prune_rounds'])}) "
+        f"| {cells[2]} |",
         f"| training FLOPs | {record['train_flops_cum']:.4g}{change[1]} | {cells[3]} |"])
     norm = (f"normalised per channel with mean {inp['mean']} and std {inp['std']}" if inp.get("mean") else
             f"normalised with the training set's per-channel mean and std (unknown here: {inp.get('note', '')})")

@@ -39,7 +39,7 @@ def _warn(text: str) -> None:
 
 
 def _run_pick(args: argparse.Namespace) -> int:
-    from reports.pick import choose_trial, default_out_dir, pick
+    from reports.pick import choose_trial, default_out_dir, fewer, pick
     from reports.trial_lookup import open_study
 
     view = open_study(stores_from_args(args), args.study)
@@ -55,10 +55,12 @@ def _run_pick(args: argparse.Namespace) -> int:
           if m.get("baseline") else " (no completed baseline)")
     test = f", test_top1 {m['test_top1']:.4f}" if m.get("test_top1") is not None else ""
     print(f"picked trial {result.number} of study {result.study!r}: val_top1 {m['val_top1']:.4f}{vs}{test}, "
-          f"params {m['params']:,} ({m['compression_params']:.2f}x fewer), flops {m['flops']:,} "
-          f"({m['compression_flops']:.2f}x fewer)"
+          f"params {m['params']:,} ({fewer(m['compression_params'], m['prune_rounds'])}), flops {m['flops']:,} "
+          f"({fewer(m['compression_flops'], m['prune_rounds'])})"
           + (f", training compute {m['train_compute_reduction']:.2f}x less" if m.get("train_compute_reduction")
              else ""))
+    if not m["prune_rounds"]:
+        _warn(f"trial {result.number} was never pruned: it is the dense network, not a compressed one")
     if reason:
         print(f"why: {reason}")
     print(f"registered: {result.model_name} version {result.version}, alias {result.alias} "

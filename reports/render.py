@@ -20,6 +20,7 @@ from reports.report import Report
 from study.sharing import sharing_text
 
 FILES = ("index.html", "summary.md", "trials.csv", "pareto.csv")
+FEW_TRIALS_FOR_IMPORTANCE = 30  # below this many searched trials the report's importances carry a strong caution
 DASH = "–"
 
 
@@ -195,9 +196,21 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def states_rows(report: Report) -> list[list[str]]:
     rows = [[state, str(n)] for state, n in report.states.items()]
+    if report.never_pruned:
+        rows.insert(1, ["COMPLETE but never pruned (of the above; the baseline's network again)",
+                        str(report.never_pruned)])
     if report.infeasible:
-        rows.insert(1, ["COMPLETE but infeasible (of the above)", str(report.infeasible)])
+        rows.insert(1, ["COMPLETE but infeasible: accuracy below the constraint (of the above)",
+                        str(report.infeasible)])
     return rows
+
+
+def trial_marks(r: Mapping[str, Any]) -> list[str]:
+    """What sets a trial apart, for the tables: baseline, on the front, never pruned, infeasible."""
+    complete = r["state"] == "COMPLETE"
+    return [m for m, on in (("baseline", r["baseline"]), ("Pareto-optimal", r["pareto"]),
+                            ("never pruned", complete and r.get("never_pruned")),
+                            ("infeasible", complete and not r["feasible"] and not r.get("never_pruned"))) if on]
 
 
 def hypervolume_text(report: Report) -> str:
@@ -209,6 +222,15 @@ def hypervolume_text(report: Report) -> str:
     return (f"hypervolume {value:.4f} after trial {number}: the fraction of the box between the ideal point "
             f"(val_top1 1, costs 0) and the reference point (val_top1 0, {costs} {REFERENCE_FACTOR} x {by}) "
             "that the front dominates (docs/report.md)")
+
+
+def importance_caution(report: Report) -> str:
+    """How far to trust the fANOVA importances: one line, stronger below ``FEW_TRIALS_FOR_IMPORTANCE``."""
+    n = report.importances.trials
+    if n < FEW_TRIALS_FOR_IMPORTANCE:
+        return (f"fANOVA over only {n} COMPLETE searched trials: with so few, importances are mostly noise; read "
+                f"them as a hint at best (they settle after a few dozen trials)")
+    return f"fANOVA over {n} COMPLETE searched trials (importances are noisy: compare studies, not decimals)."
 
 
 def importance_rows(report: Report, top: int = 5) -> list[list[str]]:
@@ -225,7 +247,8 @@ CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;mar
 color:#222;padding:0 16px}h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ddd;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f4f6f8}tr.baseline td{background:#fafafa;font-weight:600}
-tr.control td{color:#555;font-style:italic}.warn{background:#fff4e0;border-left:4px solid #e67e22;
+tr.control td{color:#555;font-style:italic}tr.never-pruned td{color:#888}tr.infeasible td{color:#a33}
+.warn{background:#fff4e0;border-left:4px solid #e67e22;
 padding:6px 10px;margin:6px 0}.note{color:#666;font-size:13px}.views{display:grid;grid-template-columns:1fr;
 gap:8px}img{max-width:100%}details{margin:8px 0}code{background:#f4f4f4;padding:1px 4px}"""
 
@@ -279,7 +302,7 @@ def render_html(report: Report) -> str:
     if report.importances.note:
         parts.append(f"<p>{esc(report.importances.note)}.</p>")
     else:
-        parts.append(f'<p class="note">fANOVA over {report.importances.trials} COMPLETE searched trials.</p>')
+        parts.append(f'<div class="warn">{esc(importance_caution(report))}</div>')
         parts.append(page.fragment(importance_figure(report.importances), "importance"))
     parts.append('<h3 id="edges">Edges of the search space</h3>')
     parts.append("".join(f'<div class="warn">{esc(w)}</div>' for w in edge_warnings(report.edges))
@@ -288,8 +311,7 @@ def render_html(report: Report) -> str:
     parts.append("<h2>All trials</h2><details><summary>every trial (also in trials.csv)</summary>")
     parts.append(html_table(("trial", "state", *report.names, "accuracy change", "compression flops",
                              "train-compute reduction", "hyperparameters", "stop / fail reason"),
-                            [(("baseline" if r["baseline"] else ""), _all_trials_cells(report, r))
-                             for r in report.rows]))
+                            [(_row_class(r), _all_trials_cells(report, r)) for r in report.rows]))
     parts.append("</details>")
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(report.study)}: '
@@ -311,10 +333,17 @@ def _header(report: Report) -> str:
 
 def _all_trials_cells(report: Report, r: Mapping[str, Any]) -> list[str]:
     reason = r.get("stop_reason") or r.get("fail_reason") or ""
-    return [_link(str(r["number"]) + (" (baseline)" if r["baseline"] else "") + (" *" if r["pareto"] else ""),
+    marks = trial_marks(r)
+    return [_link(str(r["number"]) + (f" ({', '.join(marks)})" if marks else ""),
                   r.get("mlflow_url")), r["state"], *(fmt_value(n, r.get(n)) for n in report.names),
             fmt_pt(r.get("accuracy_change")), fmt_x(r.get("compression_flops")),
             fmt_x(r.get("train_compute_reduction")), html.escape(params_text(r)), html.escape(str(reason))]
+
+
+def _row_class(r: Mapping[str, Any]) -> str:
+    marks = trial_marks(r)
+    return next((c for m, c in (("baseline", "baseline"), ("never pruned", "never-pruned"),
+                                ("infeasible", "infeasible")) if m in marks), "")
 
 
 def _profile_section(report: Report, number: int) -> str:
@@ -347,8 +376,7 @@ def render_markdown(report: Report) -> str:
               "## Study health", "", md_table(("state", "trials"), states_rows(report)), "",
               *([_compute_text(report) + ".", ""] if report.sharing is not None and report.sharing.trials else []),
               hypervolume_text(report) + ".", "", "Parameter importance (fANOVA): "
-              + (report.importances.note + "." if report.importances.note else
-                 f"over {report.importances.trials} COMPLETE searched trials (few trials make it noisy)."), ""]
+              + (report.importances.note + "." if report.importances.note else importance_caution(report)), ""]
     if not report.importances.note:
         lines += [md_table(("objective", "most important (importance)"), importance_rows(report)), ""]
     lines += ["Files: " + ", ".join(f"`{f}`" for f in FILES) + ".", ""]

@@ -27,6 +27,7 @@ from reports.pareto import (
     views,
 )
 from study.sharing import SharingTotals, sharing_totals
+from study.space import key_limits
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -48,7 +49,8 @@ class Report:
     profiles: dict[int, LayerProfile]  # Pareto trial -> its layers
     profile_sources: dict[int, str]  # Pareto trial -> where its history was read
     states: dict[str, int]
-    infeasible: int  # COMPLETE trials that broke a constraint
+    infeasible: int  # COMPLETE trials that broke the accuracy constraint
+    never_pruned: int  # COMPLETE searched trials that made no cut (the baseline's network again)
     hv_scale: HypervolumeScale
     hv_history: list[tuple[int, float]]  # (trial number, hypervolume after it)
     importances: Importances
@@ -101,8 +103,10 @@ def build_report(data: StudyData) -> Report:
                                      [list(t.values) for t in complete if t.feasible])
     eligible = [t.state == "COMPLETE" and t.feasible for t in inputs]
     history = health.hypervolume_history([t.number for t in inputs], points, eligible, data.directions, scale)
+    limits = key_limits({k for t in data.trials for k in t.params})
     edges = [hit for number in pareto if not by_number[number].user_attrs.get("baseline")
-             for hit in health.edge_hits(number, by_number[number].params, by_number[number].distributions)]
+             for hit in health.edge_hits(number, by_number[number].params, by_number[number].distributions,
+                                         limits=limits)]
     counts = Counter(t.state for t in inputs)
     return Report(
         study=data.name, names=data.names, directions=data.directions, rows=rows, pareto=pareto,
@@ -112,7 +116,8 @@ def build_report(data: StudyData) -> Report:
                    if t.state == "COMPLETE" and any(c.control_of == t.number for c in controls)},
         profiles=profiles, profile_sources=sources,
         states={s: counts.get(s, 0) for s in STATES if counts.get(s, 0) or s in STATES[:3]},
-        infeasible=sum(not t.feasible for t in complete), hv_scale=scale, hv_history=history,
+        infeasible=sum(not t.feasible and not t.never_pruned for t in complete),
+        never_pruned=sum(t.never_pruned for t in complete), hv_scale=scale, hv_history=history,
         importances=health.param_importances(data.trials, data.names, data.directions), edges=edges,
         experiment_id=data.experiment_id, parent_run_id=data.parent_run_id, mlflow_url=data.mlflow_url,
         picked=sorted(data.picked), notes=list(data.notes) + _baseline_notes(base),

@@ -20,8 +20,10 @@ embedded SQLite files there, or ``$ADPRUNE_STORAGE`` / ``$ADPRUNE_TRACKING`` (``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -346,12 +348,9 @@ def _run_mlflow_server(args: argparse.Namespace) -> int:
     elif args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: bound to {args.host}: anyone who reaches this port can read and write runs; "
               "make mlflow-server AUTH=1 requires a login", file=sys.stderr)
-    try:
-        cmd, env = mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers, hosts,
-                                         origins, auth_config)
-        return subprocess.call(cmd, env={**os.environ, **env})
-    except KeyboardInterrupt:
-        return 0
+    cmd, env = mlflow_server_command(backend_store, artifacts, args.host, args.port, args.workers, hosts,
+                                     origins, auth_config)
+    return run_server(cmd, {**os.environ, **env}, "MLflow tracking server")
 
 
 def ui_command(runs_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -380,10 +379,50 @@ def _run_ui(args: argparse.Namespace) -> int:
 
     print(f"MLflow UI for {runs_dir / 'mlflow.db'}: {ui_url(f'http://127.0.0.1:{args.port}')}  (Ctrl-C stops it)",
           flush=True)
+    return run_server(ui_command(runs_dir, args.port), dict(os.environ), "MLflow UI")
+
+
+def run_server(cmd: list[str], env: dict[str, str], what: str, grace_s: float = 10.0) -> int:
+    """Run a server command in the foreground until it exits or this process gets Ctrl-C / SIGINT / SIGTERM;
+    then stop it and everything it started, quietly: returns 0 after a stop, else the server's exit code.
+
+    The server runs in its own session, so a Ctrl-C at the terminal reaches this process only (MLflow's
+    server and its uvicorn workers would each print a traceback for it); this process then sends SIGTERM
+    to the server's whole process group (uvicorn's workers included, which a signal to the server process
+    alone leaves running), waits up to ``grace_s`` seconds, and SIGKILLs what is left."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return subprocess.call(ui_command(runs_dir, args.port))
+        return proc.wait()
     except KeyboardInterrupt:
+        print(f"stopping the {what} ...", file=sys.stderr, flush=True)
+        _stop_group(proc, grace_s)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            _stop_group(proc, grace_s)
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            # the group may outlive its leader (workers that ignore SIGTERM): SIGKILL the rest
+            if sig == signal.SIGTERM:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def check_port(port: int, flag: str) -> None:

@@ -4,7 +4,10 @@ The trial's values are the final metrics named by the study's objectives. What e
 
 - completed run: state COMPLETE, values returned; with ``constraints.max_accuracy_drop`` the trial
   sets the constraint ``accuracy_drop`` = (baseline val_top1 - val_top1) - max_accuracy_drop
-  (feasible when <= 0; Optuna's samplers and our Pareto front respect it);
+  (feasible when <= 0; Optuna's samplers and our Pareto front respect it); a searched trial that ended
+  without a single cut sets ``never_pruned`` (user attr, MLflow tag ``adprune.never_pruned``) and the
+  constraint ``never_pruned`` = 1 (infeasible): it trained the dense baseline's network again, so it is
+  no point of the front, and the sampler learns to avoid it;
 - stopped by the dominated-trial stopper: ``optuna.TrialPruned`` -> state PRUNED;
 - diverged (loss not finite): state FAIL with the reason. A diverged run has no meaningful end
   point: its partial ``train_flops_cum`` would put it on the Pareto front for nothing;
@@ -31,7 +34,7 @@ Trial user attrs: ``worker`` (host:pid of the process running it; its presence s
 a heartbeat), ``baseline``, ``config`` (resolved trainer config), ``epochs``, ``out_dir``,
 ``mlflow_run_id``, ``records`` (per-epoch ``val_top1``, ``params``, ``flops``, ``train_flops_cum``,
 ``train_loss``, ``train_top1``; rewritten every epoch, read by the stopper), ``status`` (trainer's),
-``final``, ``compression_params``, ``compression_flops``, ``accuracy_drop``, ``stop_reason``,
+``final``, ``compression_params``, ``compression_flops``, ``accuracy_drop``, ``never_pruned``, ``stop_reason``,
 ``fail_reason``, ``retry_of``, ``resumed_from_epoch``, ``resume_skipped``, and the sharing attrs above.
 """
 
@@ -61,6 +64,7 @@ from study.stopping import DominatedTrialStopper, compact_record
 from study.tracking import StudyTracker, TrialRun
 
 WORKER_ATTR = "worker"
+NEVER_PRUNED_ATTR = "never_pruned"  # user attr and constraint (1.0 = infeasible) of a trial that made no cut
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -193,7 +197,13 @@ class Objective:
                 run.finish("FAIL", reason, out)
             return tuple(math.nan for _ in self.cfg.objectives)  # Optuna marks NaN values FAIL
         self._constrain(trial, final["val_top1"], baseline)
+        if not baseline:  # a trial that never cut its network is the baseline again: never on the front
+            never = final["prune_rounds"] == 0
+            trial.set_user_attr(NEVER_PRUNED_ATTR, never)
+            trial.set_constraint(NEVER_PRUNED_ATTR, 1.0 if never else 0.0)
         if run is not None:
+            if not baseline:
+                run.set_tag("adprune.never_pruned", str(final["prune_rounds"] == 0).lower())
             run.finish("COMPLETE", None, out)
         return tuple(float(final[name]) for name in self.cfg.objective_names)
 

@@ -28,7 +28,7 @@ INTERRUPTED_ATTR = "adprune_interrupted"  # system attr: the trials of a retry s
 RUN_ATTRS = ("worker", "config", "epochs", "out_dir", "mlflow_run_id", "records", "status", "final",
              "compression_params", "compression_flops", "accuracy_drop", "stop_reason", "fail_reason", "retry_of",
              "resumed_from_epoch", "resume_skipped", "reused_epochs", "reused_seconds", "forked_from", "fork_skipped",
-             "snapshot_skipped", "train_flops_spent")
+             "snapshot_skipped", "train_flops_spent", "never_pruned")
 
 
 def died_retries(trial: optuna.trial.FrozenTrial) -> int:

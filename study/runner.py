@@ -41,7 +41,7 @@ from study.pareto import completed_baseline, describe_trial, pareto_trials
 from study.retries import quiet_interrupted_trials
 from study.samplers import build_sampler
 from study.sharing import SharingTotals, sharing_text, sharing_totals, snapshot_dir
-from study.space import StudyConfig
+from study.space import StudyConfig, prune_window_note
 from study.stores import (
     Stores,
     check_study_name,
@@ -158,6 +158,9 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
         log(f"study {name!r} holds {finished} trial(s) and none of them completed ({_state_counts(counted)}); "
             f"nothing was run: fix why they failed (make report, or the trials' fail_reason), then run more with "
             f"a higher target (make study TRIALS={finished + 1} or more)")
+    note = prune_window_note(cfg) if to_run else None
+    if note:
+        log(note)
 
     if to_run:
         objective = Objective(cfg, data, trials_dir(study, runs_dir), tracker, progress=progress,

@@ -62,6 +62,7 @@ from adprune_core.config import (
     read_yaml,
 )
 from adprune_core.errors import ConfigError
+from adprune_core.policy import earliest_prune_epoch
 from study.samplers import SAMPLERS
 
 FIRST_FRAC, INTERVAL_FRAC, ROUNDS = "prune.first_frac", "prune.interval_frac", "prune.rounds"
@@ -176,6 +177,10 @@ def trial_config(params: Mapping[str, Any], base: Config) -> Config:
         if p["schedule"] == "interval":
             p["interval"] = interval
         p["max_rounds"] = rounds
+    if p["schedule"] == "saturation" and "prune.patience" in params and epochs >= 3:
+        # saturation needs patience + 1 epochs of history before it can fire, and never fires after the
+        # last epoch: a searched patience is capped at E - 2 so that the rule can fire at all
+        p["patience"] = min(p["patience"], epochs - 2)
     return config_from_dict(raw)
 
 
@@ -561,9 +566,85 @@ def _check_samples(cfg: StudyConfig) -> None:
     samples = [first] + [{**first, d.key: v} for d in cfg.space for v in values(d)]
     baseline_config(cfg.trainer)
     for params in samples:
+        changed = next((f"{k}={v!r}" for k, v in params.items() if first.get(k) != v), None)
+        where = changed or "the first choice / low end of every key"
         try:
-            trial_config(params, cfg.trainer)
+            trainer = trial_config(params, cfg.trainer)
         except ConfigError as exc:
-            changed = next((f"{k}={v!r}" for k, v in params.items() if first.get(k) != v), None)
-            where = changed or "the first choice / low end of every key"
             raise ConfigError(f"space: {where} gives no valid trainer config: {exc}") from None
+        epochs = trainer.train.epochs
+        if trainer.prune.schedule != "none" and earliest_prune_epoch(trainer.prune, epochs) is None:
+            raise ConfigError(f"space: {where} gives a trial that cannot prune within train.epochs={epochs} "
+                              f"({never_prunes_why(trainer.prune, epochs)}); use more epochs (EPOCHS=) or take "
+                              "that value out of the space")
+
+
+def never_prunes_why(p: Any, epochs: int) -> str:
+    """Why a ``prune`` config (``PruneConfig``) can never prune in a run of ``epochs``, for messages."""
+    if p.max_rounds < 1:
+        return "prune.max_rounds is 0"
+    if p.schedule == "saturation":
+        return (f"saturation first prunes after epoch max(prune.warmup, prune.patience + 1) = "
+                f"{max(p.warmup, p.patience + 1)}, and no prune comes after the last epoch")
+    if p.schedule == "interval":
+        return f"the first interval prune comes after epoch {p.warmup or p.interval}, the last epoch or later"
+    return f"prune.epochs {list(p.epochs)} holds no epoch before the last"
+
+
+def prune_windows(cfg: StudyConfig) -> dict[str, tuple[int, int]]:
+    """Schedule -> (lowest, highest) epoch after which a trial of the space can first prune, over the
+    space's ranges (the earliest prune grows with ``prune.first_frac`` and ``prune.patience``, so the two
+    ends of every numeric range give the two ends of the window). Schedules that never prune are left out."""
+    dims = {d.key: d for d in cfg.space}
+    schedule = dims.get("prune.schedule")
+    schedules = schedule.choices if schedule is not None else (cfg.trainer.prune.schedule,)
+    out: dict[str, tuple[int, int]] = {}
+    for name in schedules:
+        ends = []
+        for end in ("low", "high"):
+            params = {d.key: (d.choices[0] if d.type == "categorical" else
+                              (int if d.type == "int" else float)(getattr(d, end))) for d in cfg.space}
+            params["prune.schedule"] = name
+            trainer = trial_config(params, cfg.trainer)
+            first = earliest_prune_epoch(trainer.prune, trainer.train.epochs)
+            if first is not None:
+                ends.append(first)
+        if ends:
+            out[str(name)] = (min(ends), max(ends))
+    return out
+
+
+def prune_window_note(cfg: StudyConfig, few: int = 3) -> str | None:
+    """A line for the study's start when some schedule leaves fewer than ``few`` epochs after its
+    latest possible first prune (or the run is short), else None."""
+    epochs = cfg.trainer.train.epochs
+    windows = prune_windows(cfg)
+    if not windows or all(epochs - hi >= few for _, hi in windows.values()):
+        return None
+    def span(a: int, b: int) -> str:
+        return f"{a}" if a == b else f"{a}-{b}"
+
+    parts = [f"{name} after epoch {span(lo, hi)} ({span(epochs - hi, epochs - lo)} epoch(s) left to recover)"
+             for name, (lo, hi) in windows.items()]
+    return (f"note: {epochs} epochs per trial; the first prune comes at the earliest: " + "; ".join(parts)
+            + (" (saturation only once densities settle)" if "saturation" in windows else ""))
+
+
+# The least and greatest value of each schedule key (the trainer keys' come from their config fields).
+_SCHEDULE_LIMITS = {FIRST_FRAC: (0.0, 1.0), INTERVAL_FRAC: (0.0, 1.0), ROUNDS: (1, None)}
+
+
+def key_limits(keys: Iterable[str]) -> dict[str, tuple[float | None, float | None]]:
+    """Searched key -> (least, greatest) value it allows, None where unbounded: ``prune.patience`` ->
+    (1, None), ``prune.first_frac`` -> (0, 1). Keys that are neither trainer nor schedule keys are left out."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for key in keys:
+        if key in _SCHEDULE_LIMITS:
+            out[key] = _SCHEDULE_LIMITS[key]
+            continue
+        section, _, name = key.partition(".")
+        fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])} if section in SECTIONS else {}
+        if name in fields:
+            meta = fields[name].metadata
+            out[key] = (meta.get("lo"), meta.get("hi"))
+    return out

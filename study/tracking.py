@@ -204,6 +204,9 @@ class TrialRun:
         self.client, self.run_id, self.name = client, run_id, name
         self.rounds = 0
 
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
+
     def on_resume(self, summary: dict[str, Any]) -> None:
         """The run continues a dead trial's checkpoint: log the finished epochs it did not recompute."""
         self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary["resumed_from_epoch"]))

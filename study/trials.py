@@ -266,8 +266,21 @@ def trial_line(trial: Any, names: tuple[str, ...]) -> str:
     head = f"trial {trial.number}{tag} {trial.state.name}"
     if trial.state == TrialState.COMPLETE:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values))
-        comp, drop = trial.user_attrs.get("compression_flops"), trial.user_attrs.get("accuracy_drop")
-        infeasible = "" if feasible(trial) else f"; infeasible: val_top1 {drop:.3f} below the baseline"
-        return f"{head}: {values}" + (f", compression_flops {comp:.2f}x" if comp else "") + infeasible
+        if trial.user_attrs.get("never_pruned"):
+            return f"{head}: {values}; never pruned (no cut happened: the dense baseline's network again, kept off " \
+                   "the front)"
+        comp = trial.user_attrs.get("compression_flops")
+        return f"{head}: {values}" + (f", compression_flops {comp:.2f}x" if comp else "") + infeasible_note(trial)
     reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
     return f"{head}: {reason}"
+
+
+def infeasible_note(trial: Any) -> str:
+    """``"; infeasible: ..."`` naming the broken accuracy constraint in points, or "" for a feasible trial."""
+    if feasible(trial):
+        return ""
+    drop, excess = trial.user_attrs.get("accuracy_drop"), trial.constraints.get("accuracy_drop")
+    if drop is None or excess is None or excess <= 0:
+        return "; infeasible"
+    return (f"; infeasible: val_top1 {100 * drop:.1f} points below the baseline's, the limit is "
+            f"{100 * (drop - excess):.1f} (constraints.max_accuracy_drop)")

@@ -221,6 +221,34 @@ def test_edge_hits_linear_log_int_and_categorical():
     assert "trial 1 (0.8), trial 2 (0.801)" in lines[0] and "widen the range" in lines[0]
 
 
+def test_edges_at_a_keys_own_limit_are_natural_not_warnings():
+    from study.space import key_limits
+
+    dists = {"prune.patience": IntDistribution(1, 4), "prune.rounds": IntDistribution(1, 3),
+             "prune.width_scale": FloatDistribution(0.8, 1.5), "prune.channel_density_min": FloatDistribution(0.0, 0.1)}
+    limits = key_limits(dists)
+    assert limits["prune.patience"] == (1, None) and limits["prune.rounds"] == (1, None)
+    assert limits["prune.channel_density_min"] == (0.0, 1.0) and limits["prune.width_scale"] == (0.0, None)
+    params = {"prune.patience": 1, "prune.rounds": 1, "prune.width_scale": 0.8, "prune.channel_density_min": 0.0}
+    hits = edge_hits(2, params, dists, limits=limits)
+    assert [(h.key, h.end) for h in hits] == [("prune.width_scale", "low")]  # the only range that can grow
+    assert "widen the range (lower its low end below 0.8)" in edge_warnings(hits)[0]
+    high = edge_hits(2, {"prune.patience": 4, "prune.width_scale": 1.5}, dists, limits=limits)
+    assert [(h.key, h.end) for h in high] == [("prune.patience", "high"), ("prune.width_scale", "high")]
+    assert "(raise its high end above 4)" in edge_warnings(high)[0]
+
+
+def test_axis_range_pads_equal_values_and_keeps_accuracy_in_0_1():
+    from reports.figures import axis_range
+
+    lo, hi = axis_range([1.12166e9, 1.12166e9, 1.12166e9])
+    assert lo == pytest.approx(1.12166e9 * 0.98) and hi == pytest.approx(1.12166e9 * 1.02)
+    assert axis_range([0.5, 0.5], accuracy=True) == pytest.approx([0.48, 0.52])
+    assert axis_range([0.0, 0.99], accuracy=True) == pytest.approx([0.0, 1.0])  # never below 0 nor above 1
+    assert axis_range([2.0, 4.0]) == pytest.approx([2.0 - 0.16, 4.0 + 0.16])  # 8% of the span
+    assert axis_range([nan]) is None
+
+
 # --- small helpers -------------------------------------------------------------------------------------
 
 def test_number_formats_and_links():

@@ -147,7 +147,7 @@ def _set(section: str, key: str, value):
 def test_non_finite_and_huge_study_values_are_refused_before_any_write(tmp_path, capsys, change, flags, needle):
     runs = tmp_path / "runs"
     code, err = cli(capsys, "study", "--config", str(study_file(tmp_path, change)), "--runs-dir", str(runs),
-                    "--trials", "1", "--epochs", "2", "--no-progress", *flags)
+                    "--trials", "1", "--epochs", "3", "--no-progress", *flags)
     assert_one_line(code, err, needle)
     assert not runs.exists()  # no store, no empty study
 
@@ -267,7 +267,7 @@ def test_out_and_runs_dir_naming_an_existing_file(tmp_path, capsys, tiny):
     file.write_text("keep me")
     cases = [
         (["train", *SMALL, "--out", str(file)], "--out (OUT=)"),
-        (["study", "--runs-dir", str(file), "--trials", "1", "--epochs", "2"], "--runs-dir (RUNS_DIR=)"),
+        (["study", "--runs-dir", str(file), "--trials", "1", "--epochs", "3"], "--runs-dir (RUNS_DIR=)"),
         (["worker", "--runs-dir", str(file), "--study", NAME], "--runs-dir (RUNS_DIR=)"),
         (["mlflow-server", "--runs-dir", str(file)], "--runs-dir (RUNS_DIR=)"),
         (["report", "--runs-dir", str(tiny.runs), "--no-log", "--out", str(file)], "--out"),

@@ -171,7 +171,9 @@ def test_dominated_trial_stopper(tmp_path):
     ({"train.lr": {"type": "categorical", "choices": [1.0e12]}}, "diverged at epoch 1", 1),
 ])
 def test_failed_trials_record_why_and_the_study_goes_on(tmp_path, space, needle, epochs_run):
-    cfg = load_study_config(write_study(tmp_path, space=space))
+    # a space of this key alone: the base's fixed prune at epoch 1 keeps it a space that can prune
+    base = {**TINY["base"], "prune": {"schedule": "fixed", "epochs": [1]}}
+    cfg = load_study_config(write_study(tmp_path, space=space, base=base))
     trials, client = run_trials(cfg, tmp_path / "runs", "failing", 2)
     assert [t.state.name for t in trials] == ["FAIL", "FAIL"]  # the second trial ran after the first failed
     for t in trials:

@@ -112,18 +112,20 @@ $(STAMP): pyproject.toml
 	test -x $(call q,$(PY)) || $(call q,$(PYTHON)) -m venv $(call q,$(VENV))
 	$(call q,$(PY)) -m pip install --quiet --upgrade pip
 	$(if $(filter cpu,$(TORCH)),$(call q,$(PY)) -m pip install --quiet --index-url $(call q,$(TORCH_CPU_INDEX)) torch torchvision,@true)
-	$(call q,$(PY)) -m pip install --quiet -e '.[test]'
+	$(call q,$(PY)) -m pip install --quiet -e '.[all,test]'
 	touch $(call q,$(STAMP))
 
-test: install  ## the fast CPU suite (about 5 minutes on 2 cores) :: make test
-	$(call q,$(PY)) -m ruff check adprune_core study reports tests
+test: install  ## lint, the import contracts and the fast CPU suite ({{TEST}} on 2 cores: docs/durations.md) :: make test
+	$(call q,$(PY)) -m ruff check adprune adprune_core study reports tests
+	$(call q,$(VENV)/bin/lint-imports)
 	$(call q,$(PY)) -m pytest -q
 
 test-slow: install  ## every test, the ones marked slow included :: make test-slow
 	$(call q,$(PY)) -m pytest -q -m "slow or not slow"
 
-lint: install  ## ruff over the packages and the tests :: make lint
-	$(call q,$(PY)) -m ruff check adprune_core study reports tests
+lint: install  ## ruff over the packages and the tests, and the import contracts (pyproject.toml) :: make lint
+	$(call q,$(PY)) -m ruff check adprune adprune_core study reports tests
+	$(call q,$(VENV)/bin/lint-imports)
 
 train_cmd = $(ADPRUNE) train --config $(call q,$(CONFIG)) $(if $(OUT),--out $(call q,$(OUT))) \
 	$(foreach s,$(SET),--set $(call q,$(s)))

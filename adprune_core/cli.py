@@ -5,8 +5,8 @@
     adprune options                                          # every config key with its meaning
 
 User errors (``ADPruneError``) print one line and exit with code 2; nothing else is caught.
-Other packages add subcommands by registering in ``SUBCOMMANDS`` (e.g. ``study``), so that this
-core package never imports them.
+These are the trainer library's own commands (``COMMANDS``); the ``adprune`` front door
+(``adprune/cli.py``) adds those of ``study`` and ``reports``, which this package never imports.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
@@ -25,9 +25,8 @@ from adprune_core.files import check_writable_dir
 
 EXIT_USER_ERROR = 2
 
-# name -> (add_arguments(parser), run(args) -> exit code); filled below and by plugins.
-SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-PLUGIN_MODULES = ("study.cli", "reports.cli")
+# A command: (help text, add_arguments(parser), run(args) -> exit code).
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -68,36 +67,27 @@ def _run_options(_args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS["train"] = ("train a network with activation-density pruning", _train_args, _run_train)
-SUBCOMMANDS["config"] = ("print the resolved config", _add_config_args, _run_config)
-SUBCOMMANDS["options"] = ("list every config key with its default and meaning", lambda p: None, _run_options)
+COMMANDS: dict[str, Command] = {
+    "train": ("train a network with activation-density pruning", _train_args, _run_train),
+    "config": ("print the resolved config", _add_config_args, _run_config),
+    "options": ("list every config key with its default and meaning", lambda p: None, _run_options),
+}
 
 
-def _load_plugins() -> None:
-    import importlib
-
-    for name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (name, name.split(".")[0]):
-                raise
-
-
-def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
+def build_parser(commands: Mapping[str, Command] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adprune", description="Activation-density pruning in training.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_args, run) in SUBCOMMANDS.items():
+    for name, (help_text, add_args, run) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(run=run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, commands: Mapping[str, Command] = COMMANDS) -> int:
+    """Run one of ``commands`` (default: the trainer's own) from ``argv``; the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(commands).parse_args(argv)
     args.argv = argv  # the command line as given, for commands that start copies of themselves
     try:
         return args.run(args)
@@ -110,7 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the importable module, not this __main__ copy: plugins register into the former.
-    from adprune_core.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -278,7 +278,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
                 train_loss, val_top1, densities = record["train_loss"], record["val_top1"], record["densities"]
                 if not math.isfinite(train_loss):
                     status = "diverged"
-                elif _due(cfg, state, epoch):
+                elif _prune_decision_due(cfg, state, epoch):
                     state, event = _prune(state, cfg, data, counts, densities, epoch, example,
                                           _Cut(val_loader, amp_dtype, plan.get(epoch)))
                     if event is not None:
@@ -466,7 +466,7 @@ def _layer_densities(graph: ModelGraph, counts: dict[str, ChannelCounts]) -> dic
             for g in graph.groups for layer in g.layers if graph.layer_activation.get(layer) in counts}
 
 
-def _due(cfg: Config, state: _State, epoch: int) -> bool:
+def _prune_decision_due(cfg: Config, state: _State, epoch: int) -> bool:
     return not state.pruning_over and policy.should_prune(
         cfg.prune, epoch, cfg.train.epochs, state.density_history, state.last_prune_epoch, state.rounds)
 

@@ -1,6 +1,6 @@
-"""Registers ``adprune report``, ``adprune pick`` and ``adprune control`` into ``adprune_core.cli``.
+"""The commands of ``reports``: ``adprune report``, ``adprune pick`` and ``adprune control``, for the front door."""
 
-Each command lives in its own module and adds itself to ``adprune_core.cli.SUBCOMMANDS`` on import.
-"""
+from adprune_core.cli import Command
+from reports import pick_cli, report_cli
 
-from reports import pick_cli, report_cli  # noqa: F401  (imported for their registrations)
+COMMANDS: dict[str, Command] = {**report_cli.COMMANDS, **pick_cli.COMMANDS}

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 
 from adprune_core.errors import ConfigError
 from reports.pareto import CONTROL_KINDS, METRICS, REPORTED, ControlInput, TrialInput
 from study.stores import Stores, location, sqlite_path
+from study.trials import stored_objective_names
 
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
 _PICK_ALIAS = re.compile(r"^trial-(\d+)$")
@@ -38,7 +40,6 @@ def pick_alias(number: int) -> str:
 def open_storage(where: Stores | str | Path) -> Any:
     """The Optuna storage of ``Stores.of(where)`` (``study.trials.optuna_storage``); ``ConfigError`` when an
     embedded storage does not exist (Optuna would create an empty one) or cannot be opened."""
-    import optuna
 
     from study.trials import optuna_storage
 
@@ -54,7 +55,6 @@ def open_storage(where: Stores | str | Path) -> Any:
 def study_names(where: Stores | str | Path, storage: Any = None) -> list[str]:
     """The names of the studies in the Optuna storage, sorted: ``storage`` when given (opened by
     ``open_storage``), else ``open_storage(where)``."""
-    import optuna
 
     return sorted(optuna.get_all_study_names(storage if storage is not None else open_storage(where)))
 
@@ -120,7 +120,6 @@ class StudyData:
 def load_study_data(where: Stores | str | Path, name: str | None = None,
                     mlflow_url: str = DEFAULT_MLFLOW_URL) -> StudyData:
     """Read study ``name`` (see ``resolve_study``) and its MLflow runs from its stores (``Stores.of(where)``)."""
-    import optuna
 
     from study.tracking import mlflow_client
 
@@ -133,7 +132,7 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
         raise ConfigError(f"study {name!r} in {location(stores.optuna_url)} has no trials yet; run it (make study)")
     directions = tuple(d.name.lower() for d in study.directions)
     data = StudyData(name=name, runs_dir=stores.runs_dir,
-                     names=objective_names(study.user_attrs, len(directions), name),
+                     names=objective_names(study, name),
                      directions=directions, trials=trials, runs=pd.DataFrame(columns=["run_id"]),
                      parent_run_id=study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
     tracking = location(stores.tracking_uri)
@@ -152,12 +151,13 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
     return data
 
 
-def objective_names(user_attrs: dict[str, Any], n: int, study: str) -> tuple[str, ...]:
-    """From the study's user attr ``objectives`` (["val_top1 (maximize)", ...])."""
-    stored = user_attrs.get("objectives") or []
-    names = tuple(str(s).split(" (")[0] for s in stored)
+def objective_names(study: optuna.Study, name: str) -> tuple[str, ...]:
+    """The objective names of study ``name`` (``study.trials.stored_objective_names``), checked: one per
+    direction, each a metric the trainer records; a ConfigError for a study not made by ``adprune study``."""
+    names = stored_objective_names(study) or ()
+    n = len(study.directions)
     if len(names) != n or not set(names) <= set(METRICS):
-        raise ConfigError(f"study {study!r} records objectives {stored!r}, not {n} of {', '.join(METRICS)}; "
+        raise ConfigError(f"study {name!r} records objectives {list(names)!r}, not {n} of {', '.join(METRICS)}; "
                           "it was not made by adprune study, which the report needs")
     return names
 

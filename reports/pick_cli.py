@@ -1,4 +1,4 @@
-"""``adprune pick`` and ``adprune control``, registered into ``adprune_core.cli.SUBCOMMANDS``.
+"""``adprune pick`` and ``adprune control``, its ``COMMANDS`` for the ``adprune`` front door (``adprune/cli.py``).
 
     adprune pick [--runs-dir runs] [--study NAME] (--trial N | --knee) [--out DIR]
     adprune control [--runs-dir runs] [--study NAME] (--trial N [--trial M ...] | --knee | --picks) [--uniform]
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adprune_core.cli import SUBCOMMANDS
+from adprune_core.cli import Command
 from adprune_core.errors import ADPruneError
 from adprune_core.files import check_writable_dir
 from reports.pareto import CONTROL_KINDS
@@ -40,9 +40,9 @@ def _warn(text: str) -> None:
 
 def _run_pick(args: argparse.Namespace) -> int:
     from reports.pick import choose_trial, default_out_dir, fewer, pick
-    from reports.trial_lookup import open_study
+    from reports.trial_lookup import open_study_view
 
-    view = open_study(stores_from_args(args), args.study)
+    view = open_study_view(stores_from_args(args), args.study)
     trial, reason = choose_trial(view, args.trial, args.knee)
     # before any write: the export folder, and an embedded registry (mlflow.db in the runtime folder)
     check_writable_dir(args.out or default_out_dir(view.runs_dir, view.name, trial.number),
@@ -132,9 +132,9 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
 def _run_control(args: argparse.Namespace) -> int:
     from reports.control import comparison_text, control_seeds, run_controls
     from reports.pick import mlflow_client
-    from reports.trial_lookup import open_study
+    from reports.trial_lookup import open_study_view
 
-    view = open_study(stores_from_args(args), args.study)
+    view = open_study_view(stores_from_args(args), args.study)
     view.stores.check_writable()  # controls train into the runtime folder and log to the study's MLflow store
     kinds = control_kinds(args.kinds, args.uniform)
     trials = _controlled_trials(view, args)
@@ -149,7 +149,8 @@ def _run_control(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS["pick"] = ("register one trial's pruned network in the MLflow registry and export it",
-                       _pick_args, _run_pick)
-SUBCOMMANDS["control"] = ("train a trial's controls over seeds: its architecture from scratch, a uniform width, random "
-                          "channels, its own config with other seeds", _control_args, _run_control)
+COMMANDS: dict[str, Command] = {
+    "pick": ("register one trial's pruned network in the MLflow registry and export it", _pick_args, _run_pick),
+    "control": ("train a trial's controls over seeds: its architecture from scratch, a uniform width, random "
+                "channels, its own config with other seeds", _control_args, _run_control),
+}

@@ -1,4 +1,4 @@
-"""``adprune report``, registered into ``adprune_core.cli.SUBCOMMANDS``.
+"""``adprune report``, its ``COMMANDS`` for the ``adprune`` front door (``adprune/cli.py``).
 
     adprune report [--runs-dir runs] [--storage URL] [--tracking URI] [--study NAME] [--out DIR]
                    [--mlflow-url http://127.0.0.1:5000] [--no-log]
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from adprune_core.cli import SUBCOMMANDS
+from adprune_core.cli import Command
 from adprune_core.files import check_writable_dir
 from reports.load import DEFAULT_MLFLOW_URL, StudyData, load_study_data
 from reports.render import write_report
@@ -97,4 +97,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS["report"] = ("write the study's Pareto report (HTML, Markdown, CSV) and log it to MLflow", _args, _run)
+COMMANDS: dict[str, Command] = {
+    "report": ("write the study's Pareto report (HTML, Markdown, CSV) and log it to MLflow", _args, _run),
+}

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adprune_core.errors import ADPruneError
-from reports.load import open_storage, resolve_study
+from reports.load import objective_names, open_storage, resolve_study
 from study.pareto import completed_baseline, feasible, pareto_trials
 from study.stores import Stores
 
@@ -54,20 +54,15 @@ class StudyView:
         return ", ".join(numbers) if numbers else "none"
 
 
-def open_study(where: Stores | str | Path, name: str | None) -> StudyView:
+def open_study_view(where: Stores | str | Path, name: str | None) -> StudyView:
     """Study ``name`` from its stores (``Stores.of(where)``); without a name, the storage's only study."""
     stores = Stores.of(where)
     storage = open_storage(stores)
     name = resolve_study(stores, name, storage)
     study = optuna.load_study(study_name=name, storage=storage)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    stored = study.user_attrs.get("objectives")  # ["val_top1 (maximize)", ...], written by study.runner
-    if stored:
-        names_ = tuple(s.split(" ")[0] for s in stored)
-    else:
-        names_ = ("val_top1", "flops", "train_flops_cum")[:len(study.directions)]
     directions = tuple(d.name.lower() for d in study.directions)
-    return StudyView(name, stores.runs_dir, study, trials, names_, directions, stores)
+    return StudyView(name, stores.runs_dir, study, trials, objective_names(study, name), directions, stores)
 
 
 def completed_trial(view: StudyView, number: int) -> FrozenTrial:

@@ -1,5 +1,5 @@
-"""``adprune study``, ``adprune worker``, ``adprune mlflow-server`` and ``adprune ui``, registered into
-``adprune_core.cli.SUBCOMMANDS``.
+"""``adprune study``, ``adprune worker``, ``adprune mlflow-server``, ``adprune ui`` and ``adprune snapshots``:
+this package's ``COMMANDS`` for the ``adprune`` front door (``adprune/cli.py``).
 
     adprune study [--dataset synthetic] [--model vgg11] [--trials N] [--epochs E] [--name NAME]
                   [--data PATH] [--seed S] [--runs-dir runs] [--storage URL] [--tracking URI]
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from adprune_core.cli import SUBCOMMANDS
+from adprune_core.cli import Command
 from adprune_core.errors import ConfigError
 from adprune_core.files import check_writable_dir
 from study.server_options import (
@@ -195,7 +195,7 @@ def _run_study(args: argparse.Namespace) -> int:
     envs = worker_envs(args.workers, args.gpus, args.workers_per_gpu, os.cpu_count() or 1)
 
     def spawn(rank: int, quota: int, parent_run_id: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "adprune_core.cli", *without_store_flags(args.argv), "--no-progress",
+        cmd = [sys.executable, "-m", "adprune", *without_store_flags(args.argv), "--no-progress",
                "--worker-rank", str(rank), "--worker-quota", str(quota), "--parent-run", parent_run_id]
         # its own session: a Ctrl-C at the terminal reaches this process only, which passes it on once
         return subprocess.Popen(cmd, env={**os.environ, **envs[rank], **stores.child_env()}, start_new_session=True)
@@ -437,11 +437,13 @@ def _has_mlflow() -> bool:
     return importlib.util.find_spec("mlflow") is not None
 
 
-SUBCOMMANDS["study"] = ("search the pruning design space with Optuna, tracked in MLflow", _study_args, _run_study)
-SUBCOMMANDS["worker"] = ("join a running study from this machine (its config comes from the study)", _worker_args,
-                         _run_worker)
-SUBCOMMANDS["mlflow-server"] = ("start an MLflow tracking server for studies on several machines",
-                                _mlflow_server_args, _run_mlflow_server)
-SUBCOMMANDS["ui"] = ("start the MLflow UI for the study stores", _ui_args, _run_ui)
-SUBCOMMANDS["snapshots"] = ("list (or --remove) the epoch snapshots that trials of a study share", _snapshots_args,
-                            _run_snapshots)
+COMMANDS: dict[str, Command] = {
+    "study": ("search the pruning design space with Optuna, tracked in MLflow", _study_args, _run_study),
+    "worker": ("join a running study from this machine (its config comes from the study)", _worker_args,
+               _run_worker),
+    "mlflow-server": ("start an MLflow tracking server for studies on several machines", _mlflow_server_args,
+                      _run_mlflow_server),
+    "ui": ("start the MLflow UI for the study stores", _ui_args, _run_ui),
+    "snapshots": ("list (or --remove) the epoch snapshots that trials of a study share", _snapshots_args,
+                  _run_snapshots),
+}

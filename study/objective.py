@@ -148,7 +148,7 @@ class Objective:
                 run = self.tracker.start_trial(trial.number, baseline, params, config, out, retry_of=retry_of)
                 trial.set_user_attr("mlflow_run_id", run.run_id)
             _check_unused(out)
-            resume = retry_of is not None and self._take_checkpoint(trial, retry_of, out, config)
+            resume = retry_of is not None and self._copy_retry_checkpoint(trial, retry_of, out, config)
             callbacks: list[Any] = [_Recorder(trial)]
             if run is not None:
                 callbacks.append(run)
@@ -241,7 +241,7 @@ class Objective:
                 trial.set_user_attr(key, None)
         return history[-1]
 
-    def _take_checkpoint(self, trial: optuna.Trial, retry_of: int, out: Path, config: dict[str, Any]) -> bool:
+    def _copy_retry_checkpoint(self, trial: optuna.Trial, retry_of: int, out: Path, config: dict[str, Any]) -> bool:
         """Copy trial ``retry_of``'s last checkpoint into ``out``; whether there is one to resume from."""
         source = self.trials_dir / f"trial-{retry_of:04d}" / CHECKPOINT_DIR
         try:

@@ -67,7 +67,7 @@ from study.trials import (
     trial_line,
     trials_dir,
 )
-from study.workers import make_good, split_quotas, wait_for_workers
+from study.workers import finish_after_dead_workers, split_quotas, wait_for_workers
 
 
 @dataclass
@@ -196,7 +196,7 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
                     bar.close()
                     status = wait_for_workers(spawn, split_quotas(to_run - here, workers), tracker.parent_id, log)
                     if status == "FAILED":  # a worker died: its share of the study is done here, nothing is lost
-                        make_good(study, storage, objective, after, n_trials, log)
+                        finish_after_dead_workers(study, storage, objective, after, n_trials, log)
                         status = "FINISHED"
                 else:
                     study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])

@@ -547,8 +547,9 @@ def _section(cls: type, where: str, raw: Any, required: tuple[str, ...] = ()) ->
             raise ConfigError(f"{where}.{name}: expected {kind}, got {value!r}")
         for v in items:
             finite(f"{where}.{name}", v)
-        if want is int and any(v < (2 if name == "population_size" else 0) for v in items):
-            raise ConfigError(f"{where}.{name}: {value!r} is too small; use a positive number")
+        least = 2 if name == "population_size" else 0  # NSGA-II breeds pairs of parents
+        if want is int and any(v < least for v in items):
+            raise ConfigError(f"{where}.{name}: {value!r} is below the minimum {least}; use {least} or more")
         if name == "seed" and value > MAX_SEED:
             raise ConfigError(f"{where}.seed: {value} is above the maximum {MAX_SEED} (samplers take 32-bit seeds); "
                               f"use a seed from 0 to {MAX_SEED}")

@@ -5,8 +5,9 @@ server): one experiment per study, named after it, artifacts under ``<runs>/mlar
 (embedded) or where the server keeps them, tagged ``mlflow.experimentKind=custom_model_development``
 so that MLflow 3's UI opens it as model training (runs, metrics, models), not in its GenAI view;
 - a parent run for the study (run name = study name, tag ``adprune.role=study``): the study config
-  (params, ``study_config.json``), and after every trial ``pareto_front.json`` and the metrics
-  ``pareto_size``, ``trials_complete``, ``trials_pruned``, ``trials_failed`` (step = trial number);
+  (params, ``study_config.json``), and after every trial the metrics ``pareto_size``
+  (``len(study.best_trials)``), ``trials_complete``, ``trials_pruned``, ``trials_failed`` and the
+  shared-prefix totals (step = trial number); ``make report`` logs the front itself (``report/``);
 - a nested child run per trial (tag ``mlflow.parentRunId``; run name ``trial-NNNN``, ``-baseline``
   for the baseline), tagged ``optuna.trial_number`` and ``optuna.trial_state`` (RUNNING, then COMPLETE,
   PRUNED or FAIL), ``adprune.stop_reason`` / ``adprune.fail_reason`` when it did not complete; params:
@@ -40,7 +41,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from study.pareto import describe_trial, pareto_trials
 from study.plots import layer_curves, render
 from study.sharing import sharing_totals, trial_sharing
 from study.stores import Stores, check_sqlite_file, sqlite_path
@@ -162,9 +162,7 @@ class StudyTracker:
         if run_id:
             self.client.set_tag(run_id, "optuna.trial_state", trial.state.name)
         trials = study.get_trials(deepcopy=False)
-        front = [describe_trial(t, self.names) for t in pareto_trials(trials, self.directions)]
-        self._log_json(self.parent_id, "pareto_front.json", {"objectives": dict(zip(self.names, self.directions)),
-                                                             "trials": front})
+        front = study.best_trials  # Optuna's front of the feasible COMPLETE trials; make report writes the rest
         counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
         shared = sharing_totals(t.user_attrs for t in trials if t.state.name in counts)
         now, step = _now_ms(), trial.number

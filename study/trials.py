@@ -125,6 +125,16 @@ def optuna_storage(stores: Stores | str | Path) -> optuna.storages.RDBStorage:
     return storage
 
 
+def stored_objective_names(study: optuna.Study) -> tuple[str, ...] | None:
+    """The names of ``study``'s objectives: Optuna's ``metric_names`` (``open_study`` sets them), or, for a
+    study made before that, its user attr ``objectives`` (["val_top1 (maximize)", ...]); None when the
+    study has neither (it was not made by ``adprune study``)."""
+    if study.metric_names is not None:
+        return tuple(study.metric_names)
+    stored = study.user_attrs.get("objectives")
+    return tuple(str(s).split(" (")[0] for s in stored) if stored else None
+
+
 def open_study(cfg: StudyConfig, name: str, stores: Stores | str | Path,
                storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create or load study ``name`` (in ``storage``, default ``optuna_storage(stores)``); check it
@@ -134,14 +144,17 @@ def open_study(cfg: StudyConfig, name: str, stores: Stores | str | Path,
     study = optuna.create_study(storage=storage or optuna_storage(stores), study_name=name,
                                 directions=list(cfg.directions),
                                 load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
-    stored = study.user_attrs.get("objectives")
+    stored = stored_objective_names(study)
     mine = [f"{n} ({d})" for n, d in zip(cfg.objective_names, cfg.directions)]
     have = [d.name.lower() for d in study.directions]
-    if (stored is not None and stored != mine) or have != list(cfg.directions):
-        raise ConfigError(f"study {name!r} in {stores.describe()} optimises {stored or have}, not {mine}; "
+    if (stored is not None and stored != cfg.objective_names) or have != list(cfg.directions):
+        theirs = [f"{n} ({d})" for n, d in zip(stored, have)] if stored else have
+        raise ConfigError(f"study {name!r} in {stores.describe()} optimises {theirs}, not {mine}; "
                           "use another --name (or --runs-dir / --storage) for different objectives")
-    if stored is None:
-        study.set_user_attr("objectives", mine)
+    if study.metric_names is None:
+        with warnings.catch_warnings():  # experimental in the Optuna we pin (since 3.2), stable in its interface
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.objective_names))
     changed = split_change(study.user_attrs.get(SPEC_ATTR), cfg.trainer)
     if changed and study.get_trials(deepcopy=False):
         raise ConfigError(f"study {name!r} in {stores.describe()} scored its trials on another validation split "

@@ -3,7 +3,7 @@
 - ``run_study`` with ``workers`` > 1 (``adprune study --workers k`` or ``--gpus 0,1 --workers-per-gpu
   k``) prepares the study and runs the baseline itself, then starts one process per worker, each
   running ``run_worker`` for a fixed quota of the remaining trials against the same stores: the total
-  is exact. A worker that dies is made good by ``make_good``: its trial is failed and retried, and
+  is exact. A worker that dies is made good by ``finish_after_dead_workers``: its trial is failed and retried, and
   what it left undone runs in the starting process.
 - ``join_study`` (``adprune worker``) joins a running study from any machine that reaches its stores,
   with the config stored in the study, until the study holds its target (or for a given count).
@@ -81,7 +81,7 @@ def wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas:
     return "FAILED" if failed else "FINISHED"
 
 
-def make_good(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective,
+def finish_after_dead_workers(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective,
                after: Callable[[optuna.Study, optuna.trial.FrozenTrial], None], n_trials: int, log: Any) -> None:
     """After a worker died (or failed): fail and retry its trial once its heartbeat is stale, then run
     in this process the trials the study still lacks to hold ``n_trials`` (a retry first: Optuna runs

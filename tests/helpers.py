@@ -1,18 +1,24 @@
 """Small builders shared by the tests."""
 
+import io
+import pickle
 import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
+import yaml
+from PIL import Image
 from torch import nn
 
 from adprune_core.config import ModelConfig, load_config
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
 from study.stores import Stores, sqlite_path
+from study.trials import HEARTBEAT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (the working folder of the processes tests start)
 
@@ -148,3 +154,129 @@ def as_ordinary_user():
                 raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
     return drop
+
+
+# --- builders the test files share (data files, study files and runs, interrupting runs) -----------
+
+def encode(pixels: np.ndarray, fmt: str = "JPEG") -> bytes:
+    """(H, W, 3) or (H, W) uint8 -> image file bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+def solid(color: tuple[int, int, int], side: int) -> np.ndarray:
+    return np.broadcast_to(np.array(color, dtype=np.uint8), (side, side, 3)).copy()
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+
+
+def write_cifar(root: Path, name: str, per_file: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write the official python-pickle layout (bytes keys, (N, 3072) uint8 rows) with random content."""
+    rng = np.random.default_rng(seed)
+    if name == "cifar10":
+        folder, train, test, meta = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], \
+            {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per_file}
+        labels_key, k = b"labels", 10
+    else:
+        folder, train, test, meta = "cifar-100-python", ["train"], ["test"], \
+            {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
+             b"coarse_label_names": [f"g{i}".encode() for i in range(20)]}
+        labels_key, k = b"fine_labels", 100
+    (root / folder).mkdir(parents=True)
+    written = {"train_x": [], "train_y": [], "val_x": [], "val_y": []}
+    for split, files in (("train", train), ("val", test)):
+        for file in files:
+            x = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
+            y = (np.arange(per_file) % k).tolist()
+            entry = {b"data": x, labels_key: y, b"batch_label": file.encode(),
+                     b"filenames": [f"{i}.png".encode() for i in range(per_file)]}
+            (root / folder / file).write_bytes(pickle.dumps(entry, protocol=2))
+            written[f"{split}_x"].append(x)
+            written[f"{split}_y"] += y
+    (root / folder / ("batches.meta" if name == "cifar10" else "meta")).write_bytes(pickle.dumps(meta, protocol=2))
+    return {key: np.concatenate(v) if key.endswith("x") else np.array(v) for key, v in written.items()}
+
+
+FOLDER_COLORS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "ant": (30, 30, 200)}
+
+
+def folder_files(val: str = "val", fmt: str = "PNG", side: int = 16) -> dict[str, bytes]:
+    ext = "png" if fmt == "PNG" else "jpg"
+    files = {}
+    for cls, color in FOLDER_COLORS.items():
+        for i in range(3):
+            pixels = solid(color, side)
+            pixels[0, 0] = i  # tell the images of a class apart
+            files[f"train/{cls}/{i:04d}.{ext}"] = encode(pixels, fmt)
+    for cls in ("dog", "cat"):  # val may have fewer classes than train
+        files[f"{val}/{cls}/0000.{ext}"] = encode(solid(FOLDER_COLORS[cls], side), fmt)
+    files["train/README.txt"] = b"not an image"
+    return files
+
+
+def write_study(tmp_path: Path, name="tiny.yaml", **changes) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**TINY, **changes}, sort_keys=False))
+    return path
+
+
+def study_cli(config: Path, runs: Path, trials: int, name="tiny", *extra: str) -> int:
+    from adprune.cli import main
+
+    return main(["study", "--config", str(config), "--runs-dir", str(runs), "--trials", str(trials),
+                 "--name", name, "--no-progress", *extra])
+
+
+def load(runs: Path, name="tiny", storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials of study ``name`` in ``storage`` (a URL; default: the embedded storage of ``runs``)."""
+    return optuna.load_study(study_name=name, storage=storage or optuna_uri(runs)).get_trials()
+
+
+def split_runs(found):
+    """A study's MLflow runs as (parents, children): the study's own run(s), and its trials' runs by trial number."""
+    parents = [r for r in found if r.data.tags.get("adprune.role") == "study"]
+    children = sorted((r for r in found if "mlflow.parentRunId" in r.data.tags),
+                      key=lambda r: int(r.data.tags["optuna.trial_number"]))
+    return parents, children
+
+
+def mlflow_runs(runs: Path, name="tiny"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(runs))
+    exp = client.get_experiment_by_name(name)
+    return client, *split_runs(client.search_runs([exp.experiment_id], max_results=100))
+
+
+def artifact_paths(client, run_id, path=None):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Watcher:
+    """Sees the epochs; raises at the end of epoch ``stop_at`` (after that epoch's checkpoint is written)."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at, self.epochs, self.resumed = stop_at, [], None
+
+    def on_resume(self, summary):
+        self.resumed = [e["epoch"] for e in summary["epochs"]]
+
+    def on_epoch_end(self, record):
+        self.epochs.append(record["epoch"])
+        if record["epoch"] == self.stop_at:
+            raise Interrupt
+
+
+HEARTBEAT = {HEARTBEAT_ENV[0]: "1", HEARTBEAT_ENV[1]: "2"}

@@ -16,8 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import adprune_core.cli
-from adprune_core.cli import main
+from adprune.cli import main
 from study.runner import run_study
 from study.space import load_study_config
 from tests.helpers import TINY, optuna_uri
@@ -69,6 +68,5 @@ def _add_hand_made_trials(runs: Path) -> None:
 
 
 def adprune(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    """``adprune_core.cli.main`` with the study and pick/control commands only (not ``reports.cli``)."""
-    monkeypatch.setattr(adprune_core.cli, "PLUGIN_MODULES", ("study.cli", "reports.pick_cli"))
+    """``adprune ARGV``: the front door's command line, run in this process."""
     return main(list(argv))

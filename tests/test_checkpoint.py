@@ -14,7 +14,7 @@ from adprune_core.graph import analyse, prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import prune_groups, shrink_to_widths
 from adprune_core.trainer import build_optimizer, train
-from tests.helpers import small_model, tiny_config
+from tests.helpers import Interrupt, Watcher, small_model, tiny_config
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
@@ -84,25 +84,6 @@ def test_config_mismatch_names_the_keys():
     a = config_to_dict(tiny_config())
     b = config_to_dict(tiny_config("train.epochs=9", "train.progress=true"))
     assert checkpoint.config_mismatch(a, b) == [f"train.epochs: {a['train']['epochs']!r} -> 9"]
-
-
-class Interrupt(Exception):
-    pass
-
-
-class Watcher:
-    """Sees the epochs; raises at the end of epoch ``stop_at`` (after that epoch's checkpoint is written)."""
-
-    def __init__(self, stop_at=None):
-        self.stop_at, self.epochs, self.resumed = stop_at, [], None
-
-    def on_resume(self, summary):
-        self.resumed = [e["epoch"] for e in summary["epochs"]]
-
-    def on_epoch_end(self, record):
-        self.epochs.append(record["epoch"])
-        if record["epoch"] == self.stop_at:
-            raise Interrupt
 
 
 @pytest.mark.parametrize("overrides", [

@@ -8,7 +8,7 @@ import pytest
 
 from adprune_core.config import DATA_ROOT_ENV
 
-ADPRUNE = [sys.executable, "-m", "adprune_core.cli"]
+ADPRUNE = [sys.executable, "-m", "adprune"]
 
 
 def run(*args, cwd=None):

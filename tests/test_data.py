@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zipfile
@@ -11,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adprune_core import data as data_module
 from adprune_core.config import DataConfig
 from adprune_core.data import DATASETS, DeviceLoader, ImageData, load_dataset
 from adprune_core.errors import DataError
+from tests.helpers import FOLDER_COLORS, encode, folder_files, solid, write_cifar, write_files
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -33,23 +32,6 @@ def cfg(**kwargs) -> DataConfig:
     return DataConfig(**kwargs)
 
 
-def encode(pixels: np.ndarray, fmt: str = "JPEG") -> bytes:
-    """(H, W, 3) or (H, W) uint8 -> image file bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format=fmt, quality=95)
-    return buf.getvalue()
-
-
-def solid(color: tuple[int, int, int], side: int) -> np.ndarray:
-    return np.broadcast_to(np.array(color, dtype=np.uint8), (side, side, 3)).copy()
-
-
-def write_files(root: Path, files: dict[str, bytes]) -> None:
-    for name, content in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(content)
-
-
 def write_zip(path: Path, files: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         for name, content in files.items():
@@ -62,32 +44,6 @@ def test_registry_names():
 
 
 # --- CIFAR -----------------------------------------------------------------------------------------
-
-def write_cifar(root: Path, name: str, per_file: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
-    """Write the official python-pickle layout (bytes keys, (N, 3072) uint8 rows) with random content."""
-    rng = np.random.default_rng(seed)
-    if name == "cifar10":
-        folder, train, test, meta = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], \
-            {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_cases_per_batch": per_file}
-        labels_key, k = b"labels", 10
-    else:
-        folder, train, test, meta = "cifar-100-python", ["train"], ["test"], \
-            {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-             b"coarse_label_names": [f"g{i}".encode() for i in range(20)]}
-        labels_key, k = b"fine_labels", 100
-    (root / folder).mkdir(parents=True)
-    written = {"train_x": [], "train_y": [], "val_x": [], "val_y": []}
-    for split, files in (("train", train), ("val", test)):
-        for file in files:
-            x = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
-            y = (np.arange(per_file) % k).tolist()
-            entry = {b"data": x, labels_key: y, b"batch_label": file.encode(),
-                     b"filenames": [f"{i}.png".encode() for i in range(per_file)]}
-            (root / folder / file).write_bytes(pickle.dumps(entry, protocol=2))
-            written[f"{split}_x"].append(x)
-            written[f"{split}_y"] += y
-    (root / folder / ("batches.meta" if name == "cifar10" else "meta")).write_bytes(pickle.dumps(meta, protocol=2))
-    return {key: np.concatenate(v) if key.endswith("x") else np.array(v) for key, v in written.items()}
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -224,22 +180,6 @@ def test_tinyimagenet_annotation_for_a_missing_image(tmp_path):
 
 
 # --- image folders ---------------------------------------------------------------------------------
-
-FOLDER_COLORS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "ant": (30, 30, 200)}
-
-
-def folder_files(val: str = "val", fmt: str = "PNG", side: int = 16) -> dict[str, bytes]:
-    ext = "png" if fmt == "PNG" else "jpg"
-    files = {}
-    for cls, color in FOLDER_COLORS.items():
-        for i in range(3):
-            pixels = solid(color, side)
-            pixels[0, 0] = i  # tell the images of a class apart
-            files[f"train/{cls}/{i:04d}.{ext}"] = encode(pixels, fmt)
-    for cls in ("dog", "cat"):  # val may have fewer classes than train
-        files[f"{val}/{cls}/0000.{ext}"] = encode(solid(FOLDER_COLORS[cls], side), fmt)
-    files["train/README.txt"] = b"not an image"
-    return files
 
 
 def test_imagefolder_zip_with_top_level_folder(tmp_path):

@@ -29,13 +29,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from adprune_core.cli import main
+from adprune.cli import main
 from study.tracking import StudyTracker
-from tests.helpers import ROOT, as_ordinary_user, tracking_uri
+from tests.helpers import ROOT, as_ordinary_user, folder_files, tracking_uri, write_files
 from tests.pick_study import NAME, build
-from tests.test_data import folder_files, write_files
 
-ADPRUNE = [sys.executable, "-m", "adprune_core.cli"]
+ADPRUNE = [sys.executable, "-m", "adprune"]
 # MLflow 3's experiment type tag and its value for model training (the UI's ExperimentKind in mlflow/server/js)
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 # a trainer run small enough to finish in seconds (synthetic data, a narrow network, on the CPU)

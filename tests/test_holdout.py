@@ -10,7 +10,7 @@ from adprune_core import data as data_module
 from adprune_core.config import DataConfig
 from adprune_core.data import load_dataset
 from adprune_core.errors import DataError
-from tests.test_data import write_cifar
+from tests.helpers import write_cifar
 
 
 @pytest.fixture(autouse=True)

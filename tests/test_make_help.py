@@ -67,4 +67,4 @@ def test_torch_cpu_installs_the_cpu_build_first(tmp_path):
     lines = cpu.splitlines()
     index = "--index-url 'https://download.pytorch.org/whl/cpu' torch torchvision"
     first = next(i for i, line in enumerate(lines) if index in line)
-    assert first < next(i for i, line in enumerate(lines) if "-e '.[test]'" in line)  # torch is then already met
+    assert first < next(i for i, line in enumerate(lines) if "-e '.[all,test]'" in line)  # torch is then already met

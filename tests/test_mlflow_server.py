@@ -13,13 +13,12 @@ import threading
 import pytest
 import requests
 
-from adprune_core.cli import main
+from adprune.cli import main
 from adprune_core.errors import ConfigError
 from study.server_options import LEGACY_DEFAULT_PASSWORD, allowed_hosts, check_admin_password, cors_origins
 from study.stores import Stores, check_tracking_reachable
-from tests.helpers import ROOT, wait_healthy
+from tests.helpers import ROOT, wait_healthy, write_study
 from tests.postgres import free_port
-from tests.test_study_run import write_study
 
 API = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -58,7 +57,7 @@ def test_auth_needs_a_changed_admin_password(password, needle, tmp_path, monkeyp
 def start_server(tmp_path, *args, env=None):
     port = free_port()
     log = tmp_path / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "mlflow-server", "--runs-dir", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "adprune", "mlflow-server", "--runs-dir", str(tmp_path),
                              "--port", str(port), "--workers", "1", *args], cwd=ROOT, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     wait_healthy(proc, log, f"http://127.0.0.1:{port}")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from adprune_core.cli import main
+from adprune.cli import main
 from adprune_core.config import PruneConfig
 from adprune_core.policy import earliest_prune_epoch
 from reports.load import load_study_data
@@ -84,7 +84,7 @@ def never_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("never")
     (root / "never.yaml").write_text(yaml.safe_dump(NEVER, sort_keys=False))
     runs = root / "runs"
-    proc = subprocess.run([sys.executable, "-m", "adprune_core.cli", "study", "--config", str(root / "never.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "adprune", "study", "--config", str(root / "never.yaml"),
                            "--runs-dir", str(runs), "--trials", "5", "--name", "never", "--no-progress"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

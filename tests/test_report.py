@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from adprune_core.cli import main
+from adprune.cli import main
 from reports.load import load_study_data, registered_model_name, trial_history
 from reports.report import build_report
 from reports.report_cli import report_dir
@@ -244,3 +244,22 @@ def test_page_renders_in_headless_chromium_without_script_errors(built, tmp_path
     figures = page.read_text().count('class="plotly-graph-div"')
     assert figures >= 4 and dom.count('class="main-svg"') >= 2 * figures  # plotly drew every figure
     assert "Pareto-optimal trials" in dom and "data:image/png;base64," in dom
+
+
+def test_objective_names_come_from_optunas_metric_names_or_an_older_studys_attr():
+    import warnings
+
+    from adprune_core.errors import ConfigError
+    from reports.load import objective_names
+
+    directions = ["maximize", "minimize", "minimize"]
+    old = optuna.create_study(directions=directions)
+    with pytest.raises(ConfigError, match="not made by adprune study"):
+        objective_names(old, "old")
+    old.set_user_attr("objectives", ["val_top1 (maximize)", "flops (minimize)", "train_flops_cum (minimize)"])
+    assert objective_names(old, "old") == ("val_top1", "flops", "train_flops_cum")  # made before metric_names
+    new = optuna.create_study(directions=directions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new.set_metric_names(["val_top1", "params", "train_flops_cum"])
+    assert objective_names(new, "new") == ("val_top1", "params", "train_flops_cum")

@@ -16,8 +16,7 @@ from adprune_core.data import load_dataset
 from adprune_core.density import ChannelCounts
 from adprune_core.snapshots import Sharing, SnapshotStore, prefix_key
 from adprune_core.trainer import build_optimizer, train
-from tests.helpers import small_model, tiny_config
-from tests.test_checkpoint import Interrupt, Watcher
+from tests.helpers import Interrupt, Watcher, small_model, tiny_config
 
 EPOCHS = 3
 

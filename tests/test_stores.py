@@ -3,7 +3,7 @@ for stores that cannot be reached."""
 
 import pytest
 
-from adprune_core.cli import main
+from adprune.cli import main
 from adprune_core.errors import ConfigError
 from study.cli import without_store_flags
 from study.stores import (

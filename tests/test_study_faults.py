@@ -17,15 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adprune.cli import main
 from adprune_core import interrupts
 from adprune_core.checkpoint import load_checkpoint, read_state
-from adprune_core.cli import main
 from study.trials import HEARTBEAT_ENV, heartbeat_settings
-from tests.helpers import ROOT, TINY, optuna_uri, trial_path, trials_or_none, wait_until
-from tests.test_study_run import load, mlflow_runs
+from tests.helpers import HEARTBEAT, ROOT, TINY, load, mlflow_runs, optuna_uri, trial_path, trials_or_none, wait_until
 
 EPOCHS = 4
-HEARTBEAT = {HEARTBEAT_ENV[0]: "1", HEARTBEAT_ENV[1]: "2"}
 
 
 def make_setup(tmp_path, monkeypatch, storage=None):
@@ -55,7 +53,7 @@ def any_storage_setup(request, tmp_path, monkeypatch):
 
 
 def start_worker(args, trials, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "adprune_core.cli", *args, "--trials", str(trials)]
+    cmd = [sys.executable, "-m", "adprune", *args, "--trials", str(trials)]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **HEARTBEAT}, stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
 

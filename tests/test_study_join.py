@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from adprune_core.cli import main
+from adprune.cli import main
 from study.space import load_study_config, study_config_from_spec
 from study.trials import SPEC_ATTR
 from tests.helpers import ROOT, optuna_uri, tracking_uri

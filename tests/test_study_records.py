@@ -10,14 +10,12 @@ import sys
 import optuna
 import pytest
 
-from adprune_core.cli import main
+from adprune.cli import main
 from adprune_core.data import load_dataset
 from study.objective import Objective
 from study.space import load_study_config
 from study.trials import TARGET_ATTR, open_study
-from tests.helpers import ROOT, optuna_uri, trial_path
-from tests.test_study_faults import HEARTBEAT
-from tests.test_study_run import load, mlflow_runs, study_cli, write_study
+from tests.helpers import HEARTBEAT, ROOT, load, mlflow_runs, optuna_uri, study_cli, trial_path, write_study
 
 
 def test_two_sessions_started_together_on_a_fresh_folder_share_one_study_and_draw_their_own_params(tmp_path):
@@ -25,7 +23,7 @@ def test_two_sessions_started_together_on_a_fresh_folder_share_one_study_and_dra
     in MLflow's database creation), there is one baseline and one MLflow parent run, and no two trials share
     their params (both sessions used to reseed the sampler alike and draw the same suggestions)."""
     config, runs = write_study(tmp_path), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "adprune_core.cli", "study", "--config", str(config), "--runs-dir", str(runs),
+    cmd = [sys.executable, "-m", "adprune", "study", "--config", str(config), "--runs-dir", str(runs),
            "--name", "tiny", "--trials", "6", "--no-progress"]
     logs = [tmp_path / f"session-{i}.log" for i in range(2)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **HEARTBEAT}, stdout=log.open("w"),

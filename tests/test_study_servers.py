@@ -17,11 +17,10 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from adprune_core.cli import main
+from adprune.cli import main
 from study.stores import TRACKING_ENV
-from tests.helpers import ROOT, wait_healthy
+from tests.helpers import ROOT, artifact_paths, split_runs, wait_healthy, write_study
 from tests.postgres import free_port
-from tests.test_study_run import artifact_paths, split_runs, write_study
 
 
 def loopback_name() -> tuple[str, str]:
@@ -48,7 +47,7 @@ def mlflow_server(postgres, tmp_path_factory):
     port = free_port()
     backend = postgres.url(postgres.create_database("mlflow"))
     log = tmp_path / "mlflow-server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "mlflow-server", "--runs-dir", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "adprune", "mlflow-server", "--runs-dir", str(tmp_path),
                              "--backend-store", backend, "--host", address, "--port", str(port), "--workers", "1",
                              "--allowed-hosts", "mlflow-host"],
                             cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adprune_core.cli import main
+from adprune.cli import main
 from adprune_core.config import load_config
 from adprune_core.data import load_dataset
 from adprune_core.snapshots import Sharing, SnapshotStore, save_snapshot
@@ -20,8 +20,7 @@ from reports.report import build_report
 from study.sharing import choose_fork, fork_epochs, plan_trial, sharing_totals, trial_sharing
 from study.space import load_study_config, study_config_from_dict
 from study.stopping import DominatedTrialStopper
-from tests.helpers import ROOT, TINY, small_model, trial_path
-from tests.test_study_run import load, mlflow_runs, study_cli, write_study
+from tests.helpers import ROOT, TINY, load, mlflow_runs, small_model, study_cli, trial_path, write_study
 
 EPOCHS = 3
 # Every schedule, first prunes after epoch 1 or 2 of 3, and a stopper without margin at epoch 2: it

@@ -8,14 +8,13 @@ import optuna
 import pytest
 import yaml
 
-from adprune_core.cli import main
+from adprune.cli import main
 from adprune_core.errors import ConfigError
 from study.cli import worker_envs
 from study.stores import Stores
 from study.trials import optuna_storage
 from study.workers import split_quotas
-from tests.helpers import ROOT, TINY, trials_or_none, wait_until
-from tests.test_study_run import load, mlflow_runs, study_cli, write_study
+from tests.helpers import ROOT, TINY, load, mlflow_runs, study_cli, trials_or_none, wait_until, write_study
 
 
 @pytest.mark.parametrize(("trials", "workers", "expected"),
@@ -122,7 +121,7 @@ def test_a_worker_that_joins_shares_the_study_and_everyone_stops_at_its_target(t
     runs = tmp_path / "runs"
     stores = Stores.resolve(runs, env={})
     log = tmp_path / "study.log"
-    proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "study", "--config", str(config), "--runs-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "adprune", "study", "--config", str(config), "--runs-dir",
                              str(runs), "--name", "tiny", "--trials", "8", "--no-progress"], cwd=ROOT,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     wait_until(proc, log, lambda: [t for t in trials_or_none(stores) if t.state.name == "COMPLETE"],

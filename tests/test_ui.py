@@ -43,7 +43,7 @@ def test_ui_stops_on_one_sigint_with_nothing_left_running(tmp_path):
     port = free_port()
     log = tmp_path / "ui.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "adprune_core.cli", "ui", "--runs-dir", str(runs),
+        proc = subprocess.Popen([sys.executable, "-m", "adprune", "ui", "--runs-dir", str(runs),
                                  "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180

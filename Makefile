@@ -115,9 +115,10 @@ $(STAMP): pyproject.toml
 	$(call q,$(PY)) -m pip install --quiet -e '.[all,test]'
 	touch $(call q,$(STAMP))
 
-test: install  ## lint, the import contracts and the fast CPU suite ({{TEST}} on 2 cores: docs/durations.md) :: make test
+test: install  ## lint, the import contracts, the core's type check and the fast CPU suite ({{TEST}} on 2 cores: docs/durations.md) :: make test
 	$(call q,$(PY)) -m ruff check adprune adprune_core study reports tests
 	$(call q,$(VENV)/bin/lint-imports)
+	$(call q,$(PY)) -m mypy
 	$(call q,$(PY)) -m pytest -q
 
 test-slow: install  ## every test, the ones marked slow included :: make test-slow

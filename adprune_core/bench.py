@@ -144,7 +144,8 @@ def input_pipeline(device: torch.device, n: int, batch: int, workers: int) -> di
         for x, _ in loader:
             x.to(device, non_blocking=True)
 
-    run_ours(), run_torchvision()  # warm-up (workers start, caches fill)
+    run_ours()  # warm-up (workers start, caches fill)
+    run_torchvision()
     t_ours = _time(run_ours, device, 2)
     t_tv = _time(run_torchvision, device, 2)
     return {"images": n, "workers": workers, "ours": n / t_ours, "torchvision": n / t_tv}
@@ -153,7 +154,7 @@ def input_pipeline(device: torch.device, n: int, batch: int, workers: int) -> di
 def dense_vs_pruned(name: str, device: torch.device, batch: int, steps: int, keep: float) -> dict:
     x = torch.randn(batch, *SHAPE, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    rows = {}
+    rows: dict[str, dict[str, float]] = {}
     steps_by_kind = {}
     for kind, k in (("dense", 1.0), ("pruned", keep)):
         model = _model(name, device, k)
@@ -162,7 +163,7 @@ def dense_vs_pruned(name: str, device: torch.device, batch: int, steps: int, kee
             step()
         steps_by_kind[kind] = step
         rows[kind] = {"params": count_params(model)}
-    times = {kind: [] for kind in rows}
+    times: dict[str, list[float]] = {kind: [] for kind in rows}
     for _ in range(3):  # interleaved
         for kind, step in steps_by_kind.items():
             times[kind].append(_time(step, device, steps))

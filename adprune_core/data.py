@@ -19,6 +19,7 @@ Every problem a user can cause (missing files, bad layout, corrupt image) raises
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +44,8 @@ from adprune_core.config import DATA_ROOT_ENV, DataConfig
 from adprune_core.errors import DataError
 from adprune_core.files import atomic_write
 from adprune_core.registry import Registry
+
+_T = TypeVar("_T")
 
 __all__ = ["DATASETS", "ImageData", "load_dataset", "DeviceLoader"]
 
@@ -65,8 +69,8 @@ class ImageData:
     val_images: torch.Tensor
     val_labels: torch.Tensor
     classes: tuple[str, ...]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per channel
+    std: tuple[float, ...]
     test_images: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
 
@@ -341,7 +345,7 @@ def _download_cifar(cfg: DataConfig, name: str, layout: _CifarLayout, root: Path
     _download_or_explain(cfg, fetch, where, fix)
 
 
-def _download_or_explain(cfg: DataConfig, fetch: Callable[[], object], where: str, fix: str) -> object:
+def _download_or_explain(cfg: DataConfig, fetch: Callable[[], _T], where: str, fix: str) -> _T:
     """Run ``fetch`` when ``cfg.download`` allows it; any failure becomes one DataError line."""
     if not cfg.download:
         raise DataError(f"{where} and data.download is false; {fix}")
@@ -722,7 +726,7 @@ def _write_disk_cache(folder: Path, data: ImageData, source: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for array in _ARRAYS:
-            atomic_write(folder / f"{array}.npy", lambda tmp, a=array: _save_npy(tmp, getattr(data, a).numpy()))
+            atomic_write(folder / f"{array}.npy", functools.partial(_save_npy, array=getattr(data, array).numpy()))
         atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta)))
     except OSError:
         pass  # a read-only or full cache directory only costs speed

@@ -113,7 +113,7 @@ def read_architecture(path: str | Path) -> dict[str, Any]:
     if not isinstance(arch.get("model"), dict):
         raise bad("model", arch.get("model"), "must be a mapping of model settings")
     classes = arch.get("num_classes")
-    if not _is_int(classes) or not 1 <= classes <= MAX_NUM_CLASSES:
+    if not isinstance(classes, int) or not _is_int(classes) or not 1 <= classes <= MAX_NUM_CLASSES:
         raise bad("num_classes", classes, f"must be a whole number from 1 to {MAX_NUM_CLASSES}")
     shape = arch.get("image_shape")
     if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) for v in shape)

@@ -97,16 +97,18 @@ def _producers(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[set[str], 
     Returns (layers, ok); ok is False when the path crosses an op that remaps channels
     (concatenation, reshapes, attention...), in which case the activation is not used.
     """
-    found, ok, stack, visited = set(), True, list(node.all_input_nodes[:1]), set()
+    found: set[str] = set()
+    ok, stack, visited = True, list(node.all_input_nodes[:1]), set()
     while stack:
         n = stack.pop()
         if n in visited:
             continue
         visited.add(n)
         if n.op == "call_module":
-            m = modules[n.target]
+            target = str(n.target)  # a call_module node's target is the module's qualified name
+            m = modules[target]
             if isinstance(m, PRUNABLE):
-                found.add(n.target)
+                found.add(target)
                 continue
             if isinstance(m, ACTIVATIONS):
                 continue  # another activation: its layers are coupled to ours by the addition
@@ -130,10 +132,10 @@ def analyse(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
     modules = dict(traced.named_modules())
     layer_activation: dict[str, str] = {}
     for node in traced.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], ACTIVATIONS):
+        if node.op == "call_module" and isinstance(modules[str(node.target)], ACTIVATIONS):
             layers, ok = _producers(node, modules)
             for layer in layers if ok else ():
-                layer_activation.setdefault(layer, node.target)
+                layer_activation.setdefault(layer, str(node.target))
     output_node = next(n for n in traced.graph.nodes if n.op == "output")
     output_layers, _ = _producers(output_node, modules)
 
@@ -145,14 +147,14 @@ def analyse(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
     ignored = [model.get_submodule(n) for n in output_layers]
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE):
-        layers = sorted({names[dep.target.module] for dep, _ in group
-                         if graph.is_out_channel_pruning_fn(dep.handler)
-                         and isinstance(dep.target.module, PRUNABLE)}, key=order.__getitem__)
-        activations = tuple(sorted({layer_activation[n] for n in layers if n in layer_activation}))
+        group_layers = sorted({names[dep.target.module] for dep, _ in group
+                               if graph.is_out_channel_pruning_fn(dep.handler)
+                               and isinstance(dep.target.module, PRUNABLE)}, key=order.__getitem__)
+        activations = tuple(sorted({layer_activation[n] for n in group_layers if n in layer_activation}))
         if not activations:
             continue
-        first = model.get_submodule(layers[0])
-        width = first.out_channels if isinstance(first, nn.Conv2d) else first.out_features
-        groups.append(PruneGroup(layers[0], tuple(layers), activations, width))
+        first = model.get_submodule(group_layers[0])
+        width = int(first.out_channels if isinstance(first, nn.Conv2d) else first.out_features)  # type: ignore[arg-type]
+        groups.append(PruneGroup(group_layers[0], tuple(group_layers), activations, width))
     groups.sort(key=lambda g: order[g.name])
     return ModelGraph(tuple(groups), layer_activation, tuple(sorted(output_layers)))

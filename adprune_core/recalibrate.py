@@ -37,7 +37,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor | tup
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in layers]
     device = next(model.parameters()).device
-    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in layers]
+    saved = [tuple(t.clone() for t in _statistics(bn)) for bn in layers]
     seen = 0
     model.eval()
     for bn in layers:
@@ -56,8 +56,15 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor | tup
         for m, training in modes.items():
             m.train(training)
     if seen == 0:  # nothing to estimate from: keep what the layers had
-        for bn, (mean, var, count) in zip(layers, saved):
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
-            bn.num_batches_tracked.copy_(count)
+        for bn, old in zip(layers, saved):
+            for now, before in zip(_statistics(bn), old):
+                now.copy_(before)
     return seen
+
+
+def _statistics(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tracking batch-norm layer's running mean, variance and batch count."""
+    mean, var, count = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    if mean is None or var is None or count is None:
+        raise ValueError(f"{bn} tracks no running statistics")
+    return mean, var, count

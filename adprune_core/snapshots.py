@@ -84,7 +84,7 @@ def data_fingerprint(data: ImageData) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).reshape(-1).numpy() if t.numel() else b"")
+            h.update(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(value).encode())
     _DATA_FINGERPRINTS[data] = fingerprint = h.hexdigest()

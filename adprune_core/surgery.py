@@ -58,7 +58,7 @@ def shrink_to_widths(model: nn.Module, widths: Mapping[str, int], example_input:
 
 def filter_l1_norms(model: nn.Module, layer: str) -> list[float]:
     """L1 norm of each output filter of ``layer`` (a conv or linear layer)."""
-    weight = model.get_submodule(layer).weight.detach()
+    weight = model.get_submodule(layer).get_parameter("weight").detach()
     return weight.abs().flatten(1).sum(1).float().cpu().tolist()
 
 
@@ -90,9 +90,9 @@ def reinitialize(model: nn.Module) -> None:
 
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
+            m.reset_parameters()  # type: ignore[operator]
         if hasattr(m, "reset_running_stats"):
-            m.reset_running_stats()
+            m.reset_running_stats()  # type: ignore[operator]
     init_weights(model)
 
 

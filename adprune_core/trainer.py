@@ -52,7 +52,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -200,7 +200,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[An
         out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     saved = checkpoint.load_checkpoint(ckpt_dir) if ckpt_dir is not None and resume else None
-    if saved is not None:
+    if saved is not None and ckpt_dir is not None:
         mismatch = checkpoint.config_mismatch(saved.state["summary"]["config"], config_to_dict(cfg))
         if mismatch:
             raise ConfigError(f"checkpoint {checkpoint.checkpoint_path(ckpt_dir)} was written for another config "
@@ -400,7 +400,7 @@ def _new_state(model: nn.Module, cfg: Config, data: ImageData, example: torch.Te
     forward = model
     if cfg.train.compile:
         torch._dynamo.reset()  # drop the previous architecture's compiled graphs and their memory
-        forward = torch.compile(model)
+        forward = cast(nn.Module, torch.compile(model))  # compiling a module gives a module (OptimizedModule)
     state = _State(model=model, forward=forward, graph=graph,
                    optimizer=optimizer or build_optimizer(model, cfg.train),
                    meter=DensityMeter(model, graph.activations), params=costs.count_params(model),
@@ -576,7 +576,7 @@ def _test_top1(state: _State, data: ImageData, final: Mapping[str, Any], amp_dty
                layout: torch.memory_format) -> float:
     """Top-1 of the final network on the dataset's evaluation split: measured here when the validation split
     was held out of training, else the last ``val_top1`` (the same images, the same network)."""
-    if not data.held_out:
+    if not data.held_out or data.test_images is None or data.test_labels is None:
         return float(final["val_top1"])
     device = next(state.model.parameters()).device
     loader = DeviceLoader(data.test_images, data.test_labels, batch_size=EVAL_BATCH, device=device,

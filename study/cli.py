@@ -391,7 +391,8 @@ def run_server(cmd: list[str], env: dict[str, str], what: str, grace_s: float = 
     to the server's whole process group (uvicorn's workers included, which a signal to the server process
     alone leaves running), waits up to ``grace_s`` seconds, and SIGKILLs what is left."""
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # both signals stop it, also when this process was started with SIGINT ignored (a background job)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -399,7 +400,8 @@ def run_server(cmd: list[str], env: dict[str, str], what: str, grace_s: float = 
         _stop_group(proc, grace_s)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if proc.poll() is None:
             _stop_group(proc, grace_s)
 

@@ -46,8 +46,17 @@ def test_pending_interrupt_raises_when_the_outermost_block_ends():
 
 
 def test_without_deferred_ctrl_c_raises_at_once():
-    with pytest.raises(KeyboardInterrupt):
-        ctrl_c()
+    # Python's own handler (a process started as a background job inherits SIGINT ignored, and Python then
+    # installs none): outside deferred() nothing of ours stands between Ctrl-C and KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with interrupts.deferred():
+            pass  # entered and left: the handler it installed is gone again
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_trainer_finishes_the_callback_and_stops_at_the_next_step(tmp_path):

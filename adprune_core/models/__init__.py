@@ -8,6 +8,7 @@ must be traceable by ``torch.fx`` so that ``adprune_core.graph`` can find its ac
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from torch import nn
@@ -24,9 +25,9 @@ MODELS.extra_hint = ", torchvision:<name>"
 TORCHVISION_PREFIX = "torchvision:"
 
 for _depth in (11, 13, 16, 19):
-    MODELS.register(f"vgg{_depth}")(lambda cfg, n, shape, d=_depth: build_vgg(d, cfg, n, shape))
+    MODELS.register(f"vgg{_depth}")(functools.partial(build_vgg, _depth))
 for _depth in (18, 34):
-    MODELS.register(f"resnet{_depth}")(lambda cfg, n, shape, d=_depth: build_resnet(d, cfg, n, shape))
+    MODELS.register(f"resnet{_depth}")(functools.partial(build_resnet, _depth))
 
 
 def _torchvision_names() -> list[str]:

@@ -151,6 +151,20 @@ def test_non_finite_and_huge_study_values_are_refused_before_any_write(tmp_path,
     assert not runs.exists()  # no store, no empty study
 
 
+@pytest.mark.parametrize(("change", "flags", "value"), [
+    (_set("sampler", "population_size", 1), [], "1"),
+    (_set("sampler", "name", "nsga2"), ["--set", "sampler.population_size=0"], "0"),
+], ids=["population-file", "population-set"])
+def test_a_population_size_below_2_is_refused_before_any_write(tmp_path, capsys, change, flags, value):
+    runs = tmp_path / "runs"
+    code, err = cli(capsys, "study", "--config", str(study_file(tmp_path, change)), "--runs-dir", str(runs),
+                    "--trials", "1", "--epochs", "3", "--no-progress", *flags)
+    # the value, the rule (>= 2) and the fix, with the reason
+    assert_one_line(code, err, f"sampler.population_size: {value} is below the minimum 2; use 2 or more "
+                               "(NSGA-II breeds pairs of parents)")
+    assert not runs.exists()
+
+
 # --- settings that cannot act under the chosen schedule ---------------------------------------------
 
 def test_schedule_none_on_a_preset_with_prune_epochs_runs(tmp_path, capsys):

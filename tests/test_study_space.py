@@ -152,6 +152,12 @@ def test_suggest_respects_when_conditions():
                 "prune.max_rounds": {"type": "int", "low": 1, "high": 3}}}, "search only one of them"),
     ({"sampler": {"name": "cmaes"}}, "sampler.name: unknown sampler 'cmaes'; known: nsga2, random, tpe"),
     ({"sampler": {"name": "tpe", "seed": "x"}}, "sampler.seed: expected int"),
+    ({"sampler": {"name": "tpe", "seed": 2**32}}, "sampler.seed: 4294967296 is above the maximum 4294967295 "
+     "(samplers take 32-bit seeds); use a seed from 0 to 4294967295"),
+    ({"sampler": {"name": "nsga2", "population_size": 1}}, "sampler.population_size: 1 is below the minimum 2; "
+     "use 2 or more (NSGA-II breeds pairs of parents)"),
+    ({"sampler": {"name": "tpe", "startup_trials": -1}}, "sampler.startup_trials: -1 is below the minimum 0; "
+     "use 0 or more"),
     ({"objectives": OBJECTIVES[:2]}, "exactly three"),
     ({"objectives": [OBJECTIVES[0], OBJECTIVES[0], OBJECTIVES[1]]}, "names one metric twice"),
     ({"objectives": [{"name": "accuracy", "direction": "maximize"}, *OBJECTIVES[1:]]}, "'accuracy' is not allowed"),

@@ -26,7 +26,7 @@ from torch import nn
 from adprune_core.config import ModelConfig, config_from_dict
 from adprune_core.errors import ADPruneError
 from adprune_core.files import atomic_write
-from adprune_core.graph import prepare_model
+from adprune_core.graph import PRUNABLE, prepare_model
 from adprune_core.models import build_model
 from adprune_core.surgery import shrink_to_widths
 
@@ -132,8 +132,6 @@ def read_architecture(path: str | Path) -> dict[str, Any]:
 
 def _check_widths(arch_path: Path, model: nn.Module, widths: Mapping[str, int]) -> None:
     """Every saved group is a prunable layer of the rebuilt dense ``model`` and no wider than it."""
-    from adprune_core.graph import PRUNABLE
-
     layers = dict(model.named_modules())
     for name, width in widths.items():
         layer = layers.get(name)

@@ -13,6 +13,8 @@ no density and is never pruned.
 
 ``prepare_model`` first gives every use of a shared activation module its own copy (torchvision's
 ResNet calls ``self.relu`` twice per block), so that each activation has one meaning and one name.
+``build_dependency_graph`` traces Torch-Pruning's graph once here, for ``analyse`` and for the cuts of
+``adprune_core.surgery`` (which builds on this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import operator
 from dataclasses import dataclass
 
 import torch
+import torch_pruning as tp
 from torch import fx, nn
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6)
@@ -61,6 +64,16 @@ class ModelGraph:
     def group_widths(self) -> dict[str, int]:
         """Group (its first layer) -> its output channels: what ``surgery.shrink_to_widths`` cuts back to."""
         return {g.name: g.width for g in self.groups}
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's graph of ``model``, traced in eval mode so that BN statistics stay untouched."""
+    was_training = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        model.train(was_training)
 
 
 def prepare_model(model: nn.Module) -> nn.Module:
@@ -141,8 +154,6 @@ def analyse(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
 
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    from adprune_core.surgery import build_dependency_graph
-
     graph = build_dependency_graph(model, example_input)
     ignored = [model.get_submodule(n) for n in output_layers]
     groups = []

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from adprune_core.graph import PRUNABLE
+from adprune_core.graph import PRUNABLE, build_dependency_graph
+from adprune_core.models.common import init_weights
 
 
 def prune_groups(model: nn.Module, kept_idxs: Mapping[str, Sequence[int]],
@@ -39,16 +39,6 @@ def prune_groups(model: nn.Module, kept_idxs: Mapping[str, Sequence[int]],
             continue
         pruner = graph.get_pruner_of_module(layer)
         graph.get_pruning_group(layer, pruner.prune_out_channels, removed).prune()
-
-
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's graph of ``model``, traced in eval mode so that BN statistics stay untouched."""
-    was_training = model.training
-    model.eval()
-    try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-    finally:
-        model.train(was_training)
 
 
 def shrink_to_widths(model: nn.Module, widths: Mapping[str, int], example_input: torch.Tensor) -> None:
@@ -86,8 +76,6 @@ def restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 def reinitialize(model: nn.Module) -> None:
     """Start the (pruned) network afresh: every layer's own init and fresh BN statistics."""
-    from adprune_core.models.vgg import init_weights
-
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
             m.reset_parameters()  # type: ignore[operator]

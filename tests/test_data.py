@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from adprune_core import data as data_module
 from adprune_core.config import DataConfig
-from adprune_core.data import DATASETS, DeviceLoader, ImageData, load_dataset
+from adprune_core.data import DATASETS, DeviceLoader, ImageData, cache, imagefolder, load_dataset
 from adprune_core.errors import DataError
 from tests.helpers import FOLDER_COLORS, encode, folder_files, solid, write_cifar, write_files
 
@@ -24,7 +23,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own disk cache (never ~/.cache) and an empty in-process cache."""
     monkeypatch.setenv("ADPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_module, "_MEMORY", type(data_module._MEMORY)())
+    monkeypatch.setattr(cache, "_MEMORY", type(cache._MEMORY)())
 
 
 def cfg(**kwargs) -> DataConfig:
@@ -241,9 +240,9 @@ def test_decoded_images_are_cached_in_memory_and_on_disk(tmp_path, monkeypatch):
     entries = list((tmp_path / "c").iterdir())
     assert len(entries) == 1 and {p.suffix for p in entries[0].iterdir()} == {".npy", ".json"}
 
-    data_module._MEMORY.clear()
+    cache._MEMORY.clear()
     with monkeypatch.context() as m:
-        m.setattr(data_module, "_decode", lambda *a: pytest.fail("decoded despite the disk cache"))
+        m.setattr(imagefolder, "decode_images", lambda *a: pytest.fail("decoded despite the disk cache"))
         second = load_dataset(config)
     for field in ("train_images", "train_labels", "val_images", "val_labels"):
         assert torch.equal(getattr(first, field), getattr(second, field))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adprune_core import data as data_module
 from adprune_core.config import DataConfig
+from adprune_core.data import cache as data_cache
 from adprune_core.data import load_dataset
 from adprune_core.errors import DataError
 from tests.helpers import write_cifar
@@ -16,7 +16,7 @@ from tests.helpers import write_cifar
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ADPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data_module, "_MEMORY", type(data_module._MEMORY)())
+    monkeypatch.setattr(data_cache, "_MEMORY", type(data_cache._MEMORY)())
 
 
 def rows(images: torch.Tensor) -> list[bytes]:

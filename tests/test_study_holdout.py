@@ -11,8 +11,8 @@ import torch
 import yaml
 from PIL import Image
 
-from adprune_core import data as data_module
 from adprune_core.config import DataConfig
+from adprune_core.data import cache as data_module
 from adprune_core.data import load_dataset
 from study.space import STUDY_HOLDOUT, load_study_config
 from tests.helpers import TINY, optuna_uri

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from adprune_core.config import ModelConfig
 from adprune_core.errors import ConfigError
 from adprune_core.models.resnet import build_resnet
 from adprune_core.models.vgg import build_vgg
 from adprune_core.registry import Registry
+from adprune_core.sections import ModelConfig
 
 ModelFactory = Callable[[ModelConfig, int, tuple[int, int, int]], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model", "model.name")

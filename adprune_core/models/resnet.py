@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from adprune_core.config import ModelConfig
 from adprune_core.errors import ConfigError
-from adprune_core.models.vgg import init_weights, scaled
+from adprune_core.models.common import init_weights, scaled
+from adprune_core.sections import ModelConfig
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}

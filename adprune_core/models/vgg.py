@@ -6,12 +6,11 @@ Each ReLU is its own module so that every activation has a name.
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
-from adprune_core.config import ModelConfig
 from adprune_core.errors import ConfigError
+from adprune_core.models.common import init_weights, scaled
+from adprune_core.sections import ModelConfig
 
 POOL = "M"
 VGG_PLANS: dict[int, list[int | str]] = {
@@ -21,10 +20,6 @@ VGG_PLANS: dict[int, list[int | str]] = {
     19: [64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL, 512, 512, 512, 512, POOL,
          512, 512, 512, 512, POOL],
 }
-
-
-def scaled(width: int, mult: float) -> int:
-    return max(1, int(round(width * mult)))
 
 
 class VGG(nn.Module):
@@ -46,21 +41,6 @@ class VGG(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)).flatten(1))
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU), unit BN, small-normal linear, zero biases."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 1.0 / math.sqrt(m.in_features))
-            nn.init.zeros_(m.bias)
 
 
 def build_vgg(depth: int, cfg: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> VGG:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PACKAGES = ["adprune_core"]  # packages checked for import cycles among their modules
+PACKAGES = ["adprune_core", "study", "reports", "adprune"]  # packages checked for import cycles among their modules
 # Cycles known today, as find_cycles writes them; remove an entry once its cycle is gone.
 # snapshots takes autocast_dtype, resolve_device and uses_channels_last from trainer (a function-local
 # import), and trainer imports snapshots: those device helpers belong in a module both import.
@@ -29,7 +29,6 @@ SIZED_PACKAGES = ["adprune_core", "study", "reports", "adprune"]
 # Modules still over MAX_LINES, to be split; remove an entry once its module is split.
 OVERSIZED = {
     "adprune_core/trainer.py",
-    "study/space.py",
     "study/cli.py",
     "reports/pick.py",
 }

@@ -41,56 +41,13 @@ from study.server_options import (
     split_names,
     write_auth_config,
 )
-from study.stores import (
-    RUNS_DIR_FLAG,
-    STORAGE_ENV,
-    TRACKING_ENV,
-    Stores,
-    check_sqlite_file,
-    location,
-    without_credentials,
-)
+from study.store_args import RUNS_DIR_ENV, add_store_args, default_runs_dir, stores_from_args, without_store_flags
+from study.stores import RUNS_DIR_FLAG, Stores, check_sqlite_file, location, without_credentials
 
-RUNS_DIR_ENV = "RUNS_DIR"
 DATASETS = ("synthetic", "cifar10", "cifar100", "tinyimagenet", "imagefolder")
-STORE_FLAGS = ("--storage", "--tracking")
 MLFLOW_SERVER_PORT = 5001
 MLFLOW_BACKEND_ENV = "ADPRUNE_MLFLOW_BACKEND"  # make mlflow-server DB=...
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"  # MLflow's: the basic-auth app's CSRF key
-
-
-def default_runs_dir() -> str:
-    return os.environ.get(RUNS_DIR_ENV) or "runs"
-
-
-def add_store_args(p: argparse.ArgumentParser) -> None:
-    """``--runs-dir``, ``--storage`` and ``--tracking``: where a command finds the study's records."""
-    p.add_argument("--runs-dir", default=None,
-                   help=f"runtime folder: trial outputs, and the embedded stores (default ${RUNS_DIR_ENV} or runs)")
-    p.add_argument("--storage", default=None, metavar="URL",
-                   help=f"Optuna storage URL, e.g. postgresql://USER@HOST:5432/DB (default ${STORAGE_ENV}, "
-                        "else <runs>/optuna.db)")
-    p.add_argument("--tracking", default=None, metavar="URI",
-                   help=f"MLflow tracking URI, e.g. http://HOST:5001 from make mlflow-server (default "
-                        f"${TRACKING_ENV}, else <runs>/mlflow.db)")
-
-
-def stores_from_args(args: argparse.Namespace) -> Stores:
-    return Stores.resolve(args.runs_dir or default_runs_dir(), args.storage, args.tracking)
-
-
-def without_store_flags(argv: list[str]) -> list[str]:
-    """``argv`` without ``--storage``/``--tracking`` and their values (workers get them from the environment,
-    where other users' ``ps`` does not show a password)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in STORE_FLAGS:
-            skip = True
-        elif not arg.startswith(tuple(f"{flag}=" for flag in STORE_FLAGS)):
-            out.append(arg)
-    return out
 
 
 def add_share_args(p: argparse.ArgumentParser, limit: bool = True) -> None:
@@ -132,8 +89,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, help="GPU ids for one worker each (times --workers-per-gpu), e.g. 0,1")
     p.add_argument("--workers-per-gpu", type=int, default=1, help="workers (concurrent trials) per GPU (default 1)")
     add_share_args(p)
-    for hidden in ("--worker-rank", "--worker-quota"):  # set by the process that starts the workers
-        p.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
+    # set by the process that starts the workers: this process is worker <rank> of the study's MLflow run
+    p.add_argument("--worker-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--parent-run", default=None, help=argparse.SUPPRESS)
 
 
@@ -189,14 +146,13 @@ def _run_study(args: argparse.Namespace) -> int:
     else:
         from study.workers import run_worker
 
-        run_worker(cfg, name, stores, args.parent_run, quota=args.worker_quota, rank=args.worker_rank,
-                   snapshots=args.snapshot_dir)
+        run_worker(cfg, name, stores, args.parent_run, rank=args.worker_rank, snapshots=args.snapshot_dir)
         return 0
     envs = worker_envs(args.workers, args.gpus, args.workers_per_gpu, os.cpu_count() or 1)
 
-    def spawn(rank: int, quota: int, parent_run_id: str) -> subprocess.Popen:
+    def spawn(rank: int, parent_run_id: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "adprune", *without_store_flags(args.argv), "--no-progress",
-               "--worker-rank", str(rank), "--worker-quota", str(quota), "--parent-run", parent_run_id]
+               "--worker-rank", str(rank), "--parent-run", parent_run_id]
         # its own session: a Ctrl-C at the terminal reaches this process only, which passes it on once
         return subprocess.Popen(cmd, env={**os.environ, **envs[rank], **stores.child_env()}, start_new_session=True)
 

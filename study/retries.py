@@ -13,7 +13,7 @@ use up the retries a trial gets when its worker dies (``MAX_RETRY`` in ``study/t
 numbers are listed in the system attr ``adprune_interrupted``.
 
 Ctrl-C in a trial: Optuna logs "Trial n failed ... KeyboardInterrupt" with a full traceback; the study
-says it in one line instead (``QuietInterruptedTrials``).
+says it in one line instead (``QuietInterruptedTrials``), and so for a ``QuietTrialEnd``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ RUN_ATTRS = ("worker", "config", "epochs", "out_dir", "mlflow_run_id", "records"
              "compression_params", "compression_flops", "accuracy_drop", "stop_reason", "fail_reason", "retry_of",
              "resumed_from_epoch", "resume_skipped", "reused_epochs", "reused_seconds", "forked_from", "fork_skipped",
              "snapshot_skipped", "train_flops_spent", "never_pruned")
+
+
+class QuietTrialEnd(Exception):
+    """An exception that ends a trial the study reports in a line of its own (``study.trials.TargetHeld``):
+    Optuna's warning and traceback for it are dropped, as for Ctrl-C."""
 
 
 def died_retries(trial: optuna.trial.FrozenTrial) -> int:
@@ -54,9 +59,9 @@ def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, interrup
 
 
 class QuietInterruptedTrials(logging.Filter):
-    """Drops Optuna's two warnings about a trial that Ctrl-C ended ("Trial n failed with parameters ...
-    KeyboardInterrupt()" with its traceback, then "Trial n failed with value None."): the study prints
-    one line for it."""
+    """Drops Optuna's two warnings about a trial that Ctrl-C (or a ``QuietTrialEnd``) ended ("Trial n failed
+    with parameters ... KeyboardInterrupt()" with its traceback, then "Trial n failed with value None."):
+    the study prints one line for it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,7 +69,7 @@ class QuietInterruptedTrials(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, QuietTrialEnd)):
             self._interrupted.add(message.split(" failed", 1)[0])  # "Trial 3"
             return False
         head = message.split(" failed with value", 1)[0]

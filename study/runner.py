@@ -13,8 +13,8 @@
 - Before the first write the session checks the name, the sampler, the data and the stores; the
   stores and the study are created and prepared under the runs folder's lock (``study.stores.stores_lock``),
   so that sessions started together take turns.
-- Several worker processes may share one study (``study.workers``); stale trials, heartbeats and
-  retries are ``study.trials``'.
+- Several processes may share one study (``study.workers``): each, this one included, runs trials
+  until the study holds its target; stale trials, heartbeats and retries are ``study.trials``'.
 - Shared prefixes (``study.sharing``): trials fork from epoch snapshots in ``<runs>/snapshots/`` (or
   ``snapshot_dir``) unless the study's ``share.enabled`` is false; the closing summary says what that saved.
 """
@@ -63,11 +63,10 @@ from study.trials import (
     fail_stale_trials,
     open_study,
     optuna_storage,
-    target_reached,
     trial_line,
     trials_dir,
 )
-from study.workers import finish_after_dead_workers, split_quotas, wait_for_workers
+from study.workers import optimize_until_target, wait_for_workers
 
 
 @dataclass
@@ -93,15 +92,16 @@ def study_record(cfg: StudyConfig) -> dict[str, Any]:
 
 def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str | Path, progress: bool = True,
               log: Any = print, workers: int = 1,
-              spawn: Callable[[int, int, str], subprocess.Popen] | None = None,
+              spawn: Callable[[int, str], subprocess.Popen] | None = None,
               snapshots: str | Path | None = None) -> StudyReport:
     """Run (or resume) study ``name`` until it holds ``n_trials`` trials; see the module docstring.
 
     ``stores``: where the study lives (``study.stores.Stores``; a runtime folder means its embedded
     SQLite stores). With ``workers`` > 1 this process prepares the study (stale trials, the baseline,
-    the MLflow parent run) and ``spawn(rank, quota, parent_run_id)`` starts each worker process, which
-    runs ``run_worker`` for its fixed quota of trials: the total is exact, with no race between workers.
-    The study's config and ``n_trials`` are stored with it, for workers that join it (``join_study``).
+    the MLflow parent run), ``spawn(rank, parent_run_id)`` starts each worker process, which runs
+    ``run_worker`` until the study holds ``n_trials``, and after them this process does the same
+    (``study.workers``: the total is exact). The study's config and ``n_trials`` are stored with it, for
+    the workers and for those that join it (``join_study``).
     ``snapshots``: the snapshot folder of shared prefixes (default ``<runs>/snapshots``)."""
     if n_trials < 1:
         raise ConfigError(f"--trials: {n_trials} must be >= 1 (the baseline counts as one)")
@@ -180,8 +180,6 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
             else:
                 log(line)
             bar.update(1)
-            if target_reached(study, n_trials):  # workers that joined from elsewhere did the rest
-                study.stop()
             interrupts.check()  # between two trials: a Ctrl-C stops here, the finished trial recorded
 
         status = "FAILED"
@@ -191,16 +189,18 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
                     if spawn is None:
                         raise ValueError("several workers need a spawn function")
                     # The baseline runs here, alone and first: the workers' constraints and stopper compare with it.
-                    here = 1 if baseline_waiting(study) else 0
-                    study.optimize(objective, n_trials=here, catch=(Exception,), callbacks=[after])
+                    if baseline_waiting(study):
+                        optimize_until_target(study, objective, n_trials, after, n_trials=1, log=log)
                     bar.close()
-                    status = wait_for_workers(spawn, split_quotas(to_run - here, workers), tracker.parent_id, log)
-                    if status == "FAILED":  # a worker died: its share of the study is done here, nothing is lost
-                        finish_after_dead_workers(study, storage, objective, after, n_trials, log)
-                        status = "FINISHED"
-                else:
-                    study.optimize(objective, n_trials=to_run, catch=(Exception,), callbacks=[after])
-                    status = "FINISHED"
+                    if wait_for_workers(spawn, workers, tracker.parent_id, log):
+                        # a worker died: its trial's heartbeat goes stale, the trial FAIL, a retry WAITING
+                        stale = fail_stale_trials(study, storage, log=log)
+                        if stale.dead:
+                            log(f"marked trial(s) {', '.join(map(str, stale.dead))} of the dead worker(s) FAIL "
+                                f"({DEAD_WORKER_REASON}); each is retried from its last epoch checkpoint")
+                # this process runs until the target too (after its workers: what they left, e.g. a dead one's retry)
+                optimize_until_target(study, objective, n_trials, after, log=log)
+                status = "FINISHED"
             except KeyboardInterrupt:
                 status = "KILLED"
                 raise

@@ -2,7 +2,10 @@
 retries, counting, the baseline.
 
 - ``n_trials`` counts every trial of the study, the baseline and failed ones included, except a trial
-  whose worker died and that was retried (its retry counts instead): ``counted_trials``.
+  whose worker died and that was retried (its retry counts instead) and a trial that was not run because
+  the study already held its target when it started (``TARGET_HELD_REASON``): ``counted_trials``.
+- Every process stops at the target (``study.workers``): ``target_reached`` after each trial, and
+  ``held_before`` when a trial starts, which settles two processes that started a trial at once.
 - The first trial is the dense baseline (``prune.schedule=none``), enqueued with user attr
   ``baseline=True`` when the study has none that completed or is waiting: ``enqueue_baseline``.
 - Fault tolerance: every running trial beats a heartbeat into the Optuna storage (every
@@ -34,7 +37,7 @@ from optuna.trial import TrialState
 from adprune_core.errors import ConfigError
 from study.objective import WORKER_ATTR, retry_history
 from study.pareto import feasible
-from study.retries import enqueue_retry
+from study.retries import QuietTrialEnd, enqueue_retry
 from study.space import StudyConfig, split_change
 from study.stores import (
     STORAGE_FLAG,
@@ -59,6 +62,11 @@ HEARTBEAT_GRACE_S = 30  # a trial whose heartbeat is older lost its worker
 MAX_RETRY = 2  # retries of a trial whose worker died (a trial that kills its workers is not retried forever)
 HEARTBEAT_ENV = ("ADPRUNE_HEARTBEAT_INTERVAL_S", "ADPRUNE_HEARTBEAT_GRACE_S")  # overrides, e.g. for tests
 DEAD_WORKER_REASON = "worker died (no heartbeat)"
+TARGET_HELD_REASON = "not run: the study already held its target when it started"  # fail_reason; not counted
+
+
+class TargetHeld(QuietTrialEnd):
+    """Ends a trial, before it runs, that another process's trials leave without a place in the target."""
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -239,15 +247,27 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
 
 def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The finished trials that count towards ``n_trials``: every COMPLETE, PRUNED and FAIL trial except
-    the FAIL trials that a retry replaces (their worker died; the retry counts once it finishes)."""
+    the FAIL trials that a retry replaces (their worker died; the retry counts once it finishes) and those
+    that were not run (``TARGET_HELD_REASON``)."""
     replaced = {n for t in trials for n in retry_history(t)}
-    return [t for t in trials if t.state in FINISHED and t.number not in replaced]
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced
+            and t.user_attrs.get("fail_reason") != TARGET_HELD_REASON]
 
 
 def target_reached(study: optuna.Study, target: int) -> bool:
     """Whether the study holds ``target`` trials: those that count (``counted_trials``) plus those running."""
     trials = study.get_trials(deepcopy=False)
     return len(counted_trials(trials)) + sum(t.state == TrialState.RUNNING for t in trials) >= target
+
+
+def held_before(trials: list[optuna.trial.FrozenTrial], number: int) -> int:
+    """How many trials of a study (``trials``) come before the RUNNING trial ``number`` (pure): those that
+    count (``counted_trials``) and the RUNNING ones numbered lower. Numbers order the trials that started
+    at once the same way in every process: Optuna numbers a trial when it creates it, a new trial is
+    created only when no WAITING one is left to pop, and popping and numbering are atomic in the storage;
+    so of two trials that both found the study one short of its target, the higher-numbered sees the
+    other RUNNING and gives way."""
+    return len(counted_trials(trials)) + sum(t.state == TrialState.RUNNING and t.number < number for t in trials)
 
 
 def enqueue_baseline(study: optuna.Study) -> bool:

@@ -1,12 +1,25 @@
-"""Worker processes sharing one study.
+"""Worker processes sharing one study: every process runs ``study.optimize`` until the study holds its target.
+
+One mechanism, as in Optuna's "distributed optimization" tutorial (one storage, N processes): each
+process, started by ``make study WORKERS=k`` or joined from any machine (``make worker``), runs
+``optimize_until_target``: ``study.optimize`` with ``StopAtTarget`` (the shape of Optuna's
+``MaxTrialsCallback``) and the target of the last ``run_study`` (``TARGET_ATTR``). No process has a
+quota; the study's count decides.
 
 - ``run_study`` with ``workers`` > 1 (``adprune study --workers k`` or ``--gpus 0,1 --workers-per-gpu
-  k``) prepares the study and runs the baseline itself, then starts one process per worker, each
-  running ``run_worker`` for a fixed quota of the remaining trials against the same stores: the total
-  is exact. A worker that dies is made good by ``finish_after_dead_workers``: its trial is failed and retried, and
-  what it left undone runs in the starting process.
+  k``) prepares the study and runs the baseline itself (the others compare with it), starts one process
+  per worker (``run_worker``), waits for them, then runs until the target like them: usually nothing is
+  left; after a worker died, its trial is failed once its heartbeat is stale (``fail_stale_trials``) and
+  its retry (``study.retries``) runs in whichever process starts a trial next, this one at the latest.
 - ``join_study`` (``adprune worker``) joins a running study from any machine that reaches its stores,
-  with the config stored in the study, until the study holds its target (or for a given count).
+  with the config stored in the study, until the study holds its target (or for a given count,
+  ``--trials N``: N trials here, whatever the target, as ``optimize(n_trials=N)``).
+- Exact totals: a process stops after a trial once the study holds its target, the running trials
+  counted (``target_reached``), and does not start when it already does. Two processes that finish at
+  the same moment may both find the study one trial short and both start one; each checks when its trial
+  starts (``held_before``: the lower trial number goes first), and the surplus one ends at once, not run:
+  FAIL with ``fail_reason`` ``TARGET_HELD_REASON``, no MLflow run, not counted (``counted_trials``), one
+  line in the log. So the study ends with exactly its target of trials that ran.
 - Ctrl-C: workers run in their own session; the starting process passes the first Ctrl-C on once.
 """
 
@@ -32,11 +45,11 @@ from study.space import SPLIT_KEYS, StudyConfig, split_change, study_config_from
 from study.stores import Stores, check_study_name, check_tracking_reachable, sqlite_path
 from study.tracking import StudyTracker
 from study.trials import (
-    DEAD_WORKER_REASON,
     SPEC_ATTR,
     TARGET_ATTR,
-    counted_trials,
-    fail_stale_trials,
+    TARGET_HELD_REASON,
+    TargetHeld,
+    held_before,
     load_existing_study,
     optuna_storage,
     target_reached,
@@ -44,22 +57,79 @@ from study.trials import (
     trials_dir,
 )
 
-
-def split_quotas(trials: int, workers: int) -> list[int]:
-    """Trials per worker: ``trials`` shared as evenly as possible, no worker given none."""
-    base, extra = divmod(trials, workers)
-    return [q for q in (base + (1 if r < extra else 0) for r in range(workers)) if q > 0]
+Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
-def wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas: list[int], parent_run_id: str,
-                      log: Any) -> str:
-    """Start one worker per quota and wait for all; returns the parent run's final MLflow status.
+class StopAtTarget:
+    """``study.optimize`` callback: stop once the study holds ``n_trials`` trials (``target_reached``).
+
+    The shape of Optuna's ``MaxTrialsCallback(n_trials, states)``, which counts the trials in the given
+    states. It cannot express this target: a FAIL trial counts unless a retry replaced it (its worker
+    died, or Ctrl-C ended it) or it was not run (``TARGET_HELD_REASON``), which no set of states says
+    (``counted_trials``); and RUNNING trials count too, or k processes would overshoot by k (optuna#3518).
+    ``skip_surplus`` adds the check at trial start that makes the total exact."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if target_reached(study, self.n_trials):
+            study.stop()
+
+    def skip_surplus(self, objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
+        """``objective``, run only when the trial has a place in the target (``held_before``); else the
+        trial ends FAIL with ``fail_reason`` ``TARGET_HELD_REASON`` (not counted) and the process stops."""
+
+        def run(trial: optuna.Trial) -> Any:
+            if held_before(trial.study.get_trials(deepcopy=False), trial.number) >= self.n_trials:
+                trial.set_user_attr("fail_reason", TARGET_HELD_REASON)
+                trial.study.stop()
+                raise TargetHeld(f"trial {trial.number}: {TARGET_HELD_REASON}")
+            return objective(trial)
+
+        return run
+
+
+def was_run(trial: optuna.trial.FrozenTrial) -> bool:
+    """False for a trial ``StopAtTarget.skip_surplus`` ended before it ran."""
+    return trial.user_attrs.get("fail_reason") != TARGET_HELD_REASON
+
+
+def optimize_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], Any], target: int | None,
+                          after: Callback, n_trials: int | None = None, log: Any = print) -> None:
+    """Run trials of ``study`` in this process until it holds ``target`` trials (see the module docstring);
+    ``after(study, trial)`` follows each trial that ran. ``n_trials``: at most that many here (None: no
+    limit; with ``target`` None, exactly that many). Nothing runs when the study already holds its target
+    (optuna#3518: a ``MaxTrialsCallback`` process adds a trial to a full study). Trials that raise are
+    recorded FAIL and the loop goes on (``catch``); Ctrl-C is for ``after`` and the objective to handle
+    (``interrupts``)."""
+    if target is None and n_trials is None:
+        raise ValueError("give optimize_until_target a target, a number of trials or both")
+    if target is not None and target_reached(study, target):  # Optuna's callbacks come after a trial only
+        return
+
+    def after_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if was_run(trial):
+            after(study, trial)
+        else:
+            log(f"trial {trial.number} {TARGET_HELD_REASON} (another process started one at the same moment)")
+
+    callbacks: list[Callback] = [after_run]
+    if target is not None:
+        stop = StopAtTarget(target)
+        objective = stop.skip_surplus(objective)
+        callbacks.insert(0, stop)
+    study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=callbacks)
+
+
+def wait_for_workers(spawn: Callable[[int, str], subprocess.Popen], workers: int, parent_run_id: str,
+                     log: Any) -> list[int]:
+    """Start ``workers`` worker processes (``spawn(rank, parent_run_id)``) and wait for all; returns the
+    ranks of those that ended early (killed, or an error).
 
     Ctrl-C is passed on to the workers, which mark their running trials and stop."""
-    if not quotas:
-        return "FINISHED"
-    log(f"starting {len(quotas)} worker processes with {', '.join(map(str, quotas))} trial(s) each")
-    procs = [spawn(rank, quota, parent_run_id) for rank, quota in enumerate(quotas)]
+    log(f"starting {workers} worker processes, each running trials until the study holds its target")
+    procs = [spawn(rank, parent_run_id) for rank in range(workers)]
     forwarded = False
     try:
         while any(p.poll() is None for p in procs):
@@ -78,22 +148,7 @@ def wait_for_workers(spawn: Callable[[int, int, str], subprocess.Popen], quotas:
     if failed:
         how = ", ".join(f"{rank} ({_exit_reason(codes[rank])})" for rank in failed)
         log(f"worker(s) {how} ended early; their finished trials are kept")
-    return "FAILED" if failed else "FINISHED"
-
-
-def finish_after_dead_workers(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective,
-               after: Callable[[optuna.Study, optuna.trial.FrozenTrial], None], n_trials: int, log: Any) -> None:
-    """After a worker died (or failed): fail and retry its trial once its heartbeat is stale, then run
-    in this process the trials the study still lacks to hold ``n_trials`` (a retry first: Optuna runs
-    WAITING trials before new ones, and the retry resumes from the dead trial's last checkpoint)."""
-    stale = fail_stale_trials(study, storage, log=log)
-    if stale.dead:
-        log(f"marked trial(s) {', '.join(map(str, stale.dead))} of the dead worker(s) FAIL ({DEAD_WORKER_REASON}); "
-            "each is retried from its last epoch checkpoint")
-    missing = n_trials - len(counted_trials(study.get_trials(deepcopy=False))) - len(stale.alive)
-    if missing > 0:
-        log(f"running here the {missing} trial(s) the dead worker(s) left undone")
-        study.optimize(objective, n_trials=missing, catch=(Exception,), callbacks=[after])
+    return failed
 
 
 def _exit_reason(code: int) -> str:
@@ -113,26 +168,21 @@ def _signal_alive(procs: list[subprocess.Popen]) -> None:
 
 
 def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_run_id: str, *,
-               quota: int | None = None, target: int | None = None, rank: int | None = None,
-               log: Any = print, study: optuna.Study | None = None, snapshots: str | Path | None = None) -> int:
-    """Run trials of the (already prepared) study ``name`` in this process; returns how many it ran.
+               trials: int | None = None, rank: int | None = None, log: Any = print,
+               study: optuna.Study | None = None, snapshots: str | Path | None = None) -> int:
+    """Run trials of the (already prepared) study ``name`` in this process until it holds its target
+    (``TARGET_ATTR``, ``optimize_until_target``); returns how many it ran.
 
-    ``quota``: at most that many trials. ``target``: until the study holds that many
-    (``target_reached``); workers that finish at the same moment may each start one more, so joined
-    workers can overshoot a target by up to their number, less one. ``rank`` numbers the workers
-    ``run_study`` starts: they run their quota, and stop early at the study's target (``TARGET_ATTR``)
-    when workers that joined from elsewhere did part of it. Every trial draws its suggestions from the
-    study's seed and its own number (``study.samplers.TrialSeededSampler``), so no two workers draw alike.
-    ``study``: the study already loaded from ``stores`` (default: load it). ``snapshots``: the snapshot
-    folder of shared prefixes (default ``<runs>/snapshots``)."""
-    if quota is None and target is None:
-        raise ValueError("give a worker a quota, a target or both")
+    ``trials``: instead, run that many here, whatever the target (``adprune worker --trials N``).
+    ``rank`` numbers the workers ``run_study`` starts (for their log lines). Every trial draws its
+    suggestions from the study's seed and its own number (``study.samplers.TrialSeededSampler``), so no
+    two workers draw alike. ``study``: the study already loaded from ``stores`` (default: load it).
+    ``snapshots``: the snapshot folder of shared prefixes (default ``<runs>/snapshots``)."""
     stores = Stores.of(stores)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if study is None:
         study = load_existing_study(name, optuna_storage(stores), stores)
-    if rank is not None and target is None:
-        target = study.user_attrs.get(TARGET_ATTR)
+    target = None if trials is not None else int(study.user_attrs[TARGET_ATTR])
     study.sampler = build_sampler(cfg.sampler)  # seeded per trial number: no two processes draw the same
     quiet_interrupted_trials()
     tag = f"worker {rank}" if rank is not None else worker_id()
@@ -151,12 +201,10 @@ def run_worker(cfg: StudyConfig, name: str, stores: Stores | str | Path, parent_
         ran += 1
         tracker.after_trial(study, trial)
         log(f"[{tag}] {trial_line(trial, cfg.objective_names)}")
-        if target is not None and target_reached(study, target):
-            study.stop()
         interrupts.check()
 
     with interrupts.deferred():
-        study.optimize(objective, n_trials=quota, catch=(Exception,), callbacks=[after])
+        optimize_until_target(study, objective, target, after, n_trials=trials, log=lambda line: log(f"[{tag}] {line}"))
     return ran
 
 
@@ -185,10 +233,9 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
     if changed:
         raise ConfigError(f"--set: {changed} would score this worker's trials on another validation split than "
                           f"study {name!r}'s; leave the data keys that choose it ({', '.join(SPLIT_KEYS)}) alone")
-    target = None if trials is not None else int(attrs[TARGET_ATTR])
     log(f"joined study {name!r} ({stores.describe()}): "
-        + (f"{trials} trial(s)" if trials is not None else f"until it holds {target} trial(s)"))
-    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], quota=trials, target=target, log=log,
-                     study=study, snapshots=snapshots)
+        + (f"{trials} trial(s)" if trials is not None else f"until it holds {attrs[TARGET_ATTR]} trial(s)"))
+    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], trials=trials, log=log, study=study,
+                     snapshots=snapshots)
     log(f"ran {ran} trial(s) of study {name!r}")
     return ran

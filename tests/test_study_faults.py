@@ -216,10 +216,11 @@ def test_heartbeat_settings_from_the_environment(monkeypatch):
         heartbeat_settings()
 
 
-def test_a_worker_killed_among_several_is_made_good_by_the_same_command(tmp_path, monkeypatch):
-    """``adprune study --workers 2``: SIGKILL one worker mid-trial. The command notices (its exit), fails
-    and retries the dead trial from its checkpoint, runs what the dead worker left undone, and ends with
-    exactly the trials asked for."""
+def test_a_worker_killed_among_several_is_retried_within_the_same_command(tmp_path, monkeypatch):
+    """``adprune study --workers 2``: SIGKILL one worker mid-trial. Its trial is failed once its heartbeat is
+    stale and retried from its checkpoint by the process that starts a trial next (the other worker, or the
+    command itself after its workers: it notices the exit), and the study ends with exactly the trials asked
+    for."""
     runs, args = make_setup(tmp_path, monkeypatch)
     log = tmp_path / "study.log"
     proc = start_worker([*args, "--workers", "2"], 5, log)

@@ -116,7 +116,7 @@ $(STAMP): pyproject.toml
 	touch $(call q,$(STAMP))
 
 test: install  ## lint, the import contracts, the core's type check and the fast CPU suite (21 minutes on 2 idle cores from a fresh clone, pytest 17 of them: docs/durations.md) :: make test
-	$(call q,$(PY)) -m ruff check adprune adprune_core study reports tests
+	$(call q,$(PY)) -m ruff check adprune adprune_core study reports followup tests
 	$(call q,$(VENV)/bin/lint-imports)
 	$(call q,$(PY)) -m mypy
 	$(call q,$(PY)) -m pytest -q
@@ -125,7 +125,7 @@ test-slow: install  ## every test, the ones marked slow included :: make test-sl
 	$(call q,$(PY)) -m pytest -q -m "slow or not slow"
 
 lint: install  ## ruff over the packages and the tests, and the import contracts (pyproject.toml) :: make lint
-	$(call q,$(PY)) -m ruff check adprune adprune_core study reports tests
+	$(call q,$(PY)) -m ruff check adprune adprune_core study reports followup tests
 	$(call q,$(VENV)/bin/lint-imports)
 
 train_cmd = $(ADPRUNE) train --config $(call q,$(CONFIG)) $(if $(OUT),--out $(call q,$(OUT))) \

@@ -1,8 +1,8 @@
 """The ``adprune`` command line: every package's commands in one parser (``python -m adprune``).
 
 Each package lists its own commands (``COMMANDS``: name -> help, arguments, run) and knows nothing of
-this module; the dependencies point one way, ``reports`` -> ``study`` -> ``adprune_core``, and only the
-front door imports all three.
+this module; the dependencies point one way, ``followup`` -> ``reports`` -> ``study`` -> ``adprune_core``,
+and only the front door imports them all.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from adprune_core import cli as core_cli
 
 try:
+    from followup import cli as followup_cli
     from reports import cli as reports_cli
     from study import cli as study_cli
 except ModuleNotFoundError as exc:  # a trainer-only install (pip install adprune): train, config, options
@@ -19,7 +20,7 @@ except ModuleNotFoundError as exc:  # a trainer-only install (pip install adprun
         raise
     COMMANDS: dict[str, core_cli.Command] = dict(core_cli.COMMANDS)
 else:
-    COMMANDS = {**core_cli.COMMANDS, **study_cli.COMMANDS, **reports_cli.COMMANDS}
+    COMMANDS = {**core_cli.COMMANDS, **study_cli.COMMANDS, **reports_cli.COMMANDS, **followup_cli.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

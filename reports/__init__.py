@@ -1,4 +1,6 @@
-"""Pareto analysis and reports of studies, and taking a compressed model away (pick, controls).
+"""Pareto analysis and reports of studies: read-only (``adprune report``).
 
-Depends on ``study`` and ``adprune_core``; nothing depends on it.
+Reads the Optuna study and the MLflow runs, never trains and never writes the stores; what writes after a
+study (``adprune pick``, ``adprune control``) lives in ``followup``. Depends on ``study`` and
+``adprune_core``; only ``followup`` and the front door import it.
 """

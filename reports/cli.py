@@ -1,6 +1,6 @@
-"""The commands of ``reports``: ``adprune report``, ``adprune pick`` and ``adprune control``, for the front door."""
+"""The command of ``reports``: ``adprune report``, for the front door."""
 
 from adprune_core.cli import Command
-from reports import pick_cli, report_cli
+from reports import report_cli
 
-COMMANDS: dict[str, Command] = {**report_cli.COMMANDS, **pick_cli.COMMANDS}
+COMMANDS: dict[str, Command] = dict(report_cli.COMMANDS)

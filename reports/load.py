@@ -185,7 +185,7 @@ MODEL_PREFIX = "adprune-"
 def registered_model_name(study: str) -> str:
     """The registered model of a study's picks: ``adprune-<study>``, with characters MLflow refuses
     (anything but letters, digits, ``_ . -``) turned into ``-``. Kept here, free of torch, for the
-    report; ``reports.pick`` registers under it."""
+    report; ``followup.pick`` registers under it."""
     return MODEL_PREFIX + (re.sub(r"[^A-Za-z0-9_.-]+", "-", study).strip("-.") or "study")
 
 

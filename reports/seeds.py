@@ -2,7 +2,7 @@
 training seeds, and whether the difference between two such results is larger than their noise.
 
 One seed proves nothing at the accuracies a short CPU run reaches: two seeds of one configuration
-commonly differ by a point or more. A control (``reports.control``) is therefore run over several
+commonly differ by a point or more. A control (``followup.control``) is therefore run over several
 ``train.seed`` values, and so is the trial it controls (the ``repeat`` kind: the trial's own config with
 other seeds; the trial itself is one of the samples).
 

@@ -15,7 +15,7 @@ from adprune_core.config import ModelConfig, config_to_dict
 from adprune_core.costs import inference_flops
 from adprune_core.errors import ConfigError
 from adprune_core.models import build_model
-from reports.control import (
+from followup.control import (
     CONTRACT_METRICS,
     WidthMatch,
     control_config,

@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PACKAGES = ["adprune_core", "study", "reports", "adprune"]  # packages checked for import cycles among their modules
+# packages checked for import cycles among their modules
+PACKAGES = ["adprune_core", "study", "reports", "followup", "adprune"]
 # Cycles known today, as find_cycles writes them; remove an entry once its cycle is gone.
 # snapshots takes autocast_dtype, resolve_device and uses_channels_last from trainer (a function-local
 # import), and trainer imports snapshots: those device helpers belong in a module both import.
@@ -25,12 +26,12 @@ KNOWN_CYCLES = {
 }
 
 MAX_LINES = 450
-SIZED_PACKAGES = ["adprune_core", "study", "reports", "adprune"]
+SIZED_PACKAGES = ["adprune_core", "study", "reports", "followup", "adprune"]
 # Modules still over MAX_LINES, to be split; remove an entry once its module is split.
 OVERSIZED = {
     "adprune_core/trainer.py",
     "study/cli.py",
-    "reports/pick.py",
+    "followup/pick.py",
 }
 
 

@@ -5,6 +5,7 @@ import sys
 
 from adprune.cli import COMMANDS
 from adprune_core import cli as core_cli
+from followup import cli as followup_cli
 from reports import cli as reports_cli
 from study import cli as study_cli
 
@@ -15,15 +16,16 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_the_trainer_library_loads_no_study_or_report_stack():
     proc = run_python("import sys, adprune_core.cli, adprune_core.trainer, adprune_core.data, adprune_core.bench\n"
-                      "print(sorted(m for m in ('optuna', 'mlflow', 'pandas', 'plotly', 'study', 'reports', 'adprune')"
-                      " if m in sys.modules))")
+                      "stacks = ('optuna', 'mlflow', 'pandas', 'plotly', 'study', 'reports', 'followup', 'adprune')\n"
+                      "print(sorted(m for m in stacks if m in sys.modules))")
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
 
 
 def test_the_front_door_has_every_packages_commands_and_no_package_registers_itself():
-    assert list(COMMANDS) == [*core_cli.COMMANDS, *study_cli.COMMANDS, *reports_cli.COMMANDS]
+    assert list(COMMANDS) == [*core_cli.COMMANDS, *study_cli.COMMANDS, *reports_cli.COMMANDS, *followup_cli.COMMANDS]
     assert set(core_cli.COMMANDS) == {"train", "config", "options"}  # the core's own table never grows
     assert {"study", "worker", "ui", "report", "pick", "control"} <= set(COMMANDS)
+    assert set(reports_cli.COMMANDS) == {"report"}  # reports only reads: what writes lives in followup
 
 
 def test_a_trainer_only_install_still_trains():

@@ -15,8 +15,8 @@ from adprune_core.config import config_from_dict, config_to_dict
 from adprune_core.data import DeviceLoader, load_dataset
 from adprune_core.export import load_model
 from adprune_core.trainer import evaluate
-from reports.onnx_export import fixed_input
-from reports.pick import pick_metrics, readme_text, registered_model_name
+from followup.onnx_export import fixed_input
+from followup.pick import pick_metrics, readme_text, registered_model_name
 from tests.helpers import optuna_uri, tracking_uri
 from tests.pick_study import NAME, adprune, build
 
@@ -128,9 +128,9 @@ def test_a_trial_off_the_front_is_picked_with_a_warning(tiny, tmp_path, capsys, 
 
 
 def test_a_pick_without_onnx_is_written_anyway_and_says_why(tiny, tmp_path, capsys, monkeypatch):
-    import reports.pick
+    import followup.pick
 
-    monkeypatch.setattr(reports.pick, "export_onnx", lambda *a: {"file": None, "error": "ConversionError: no op"})
+    monkeypatch.setattr(followup.pick, "export_onnx", lambda *a: {"file": None, "error": "ConversionError: no op"})
     assert adprune(monkeypatch, "pick", "--runs-dir", str(tiny.runs), "--trial", str(tiny.pruned),
                    "--out", str(tmp_path / "p")) == 0
     assert "warning: no ONNX export (ConversionError: no op)" in capsys.readouterr().err

@@ -1,9 +1,9 @@
-"""ONNX export of a pick (reports.onnx_export): a failure is reported, never raised, and leaves no file."""
+"""ONNX export of a pick (followup.onnx_export): a failure is reported, never raised, and leaves no file."""
 
 import torch
 from torch import nn
 
-from reports.onnx_export import export_onnx
+from followup.onnx_export import export_onnx
 from tests.helpers import small_model
 
 

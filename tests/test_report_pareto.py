@@ -259,9 +259,3 @@ def test_number_formats_and_links():
     assert run_url("http://h:5000", None, "abc") is None
     assert registered_model_name("cifar10/vgg19 a") == "adprune-cifar10-vgg19-a"
 
-
-def test_registered_model_name_matches_the_picks():
-    from reports import pick
-
-    for name in ("tiny", "cifar10-vgg19", "a/b:c d", "..x.."):
-        assert registered_model_name(name) == pick.registered_model_name(name)

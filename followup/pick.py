@@ -43,9 +43,9 @@ from adprune_core.config import config_from_dict
 from adprune_core.errors import ADPruneError
 from adprune_core.export import ARCH_FILE, WEIGHTS_FILE, load_model, read_architecture
 from adprune_core.files import atomic_write
+from followup.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from reports.knee import FrontPoint, Knee, find_knee
 from reports.load import MODEL_PREFIX, pick_alias, registered_model_name
-from reports.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
 from study.stores import Stores, redact, sqlite_path
 from study.tracking import mlflow_client as study_mlflow_client

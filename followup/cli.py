@@ -39,7 +39,7 @@ def _warn(text: str) -> None:
 
 
 def _run_pick(args: argparse.Namespace) -> int:
-    from reports.pick import choose_trial, default_out_dir, fewer, pick
+    from followup.pick import choose_trial, default_out_dir, fewer, pick
     from reports.trial_lookup import open_study_view
 
     view = open_study_view(stores_from_args(args), args.study)
@@ -107,8 +107,8 @@ def control_kinds(text: str | None, uniform: bool) -> list[str]:
 
 def _controlled_trials(view, args: argparse.Namespace) -> list:
     """The trials ``--trial`` / ``--knee`` / ``--picks`` name (exactly one of them)."""
+    from followup.pick import knee_choice, mlflow_client
     from reports.load import picked_trials
-    from reports.pick import knee_choice, mlflow_client
     from reports.trial_lookup import completed_trial
 
     if sum(map(bool, (args.trial, args.knee, args.picks))) != 1:
@@ -130,8 +130,8 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
 
 
 def _run_control(args: argparse.Namespace) -> int:
-    from reports.control import comparison_text, control_seeds, run_controls
-    from reports.pick import mlflow_client
+    from followup.control import comparison_text, control_seeds, run_controls
+    from followup.pick import mlflow_client
     from reports.trial_lookup import open_study_view
 
     view = open_study_view(stores_from_args(args), args.study)

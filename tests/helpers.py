@@ -18,7 +18,7 @@ from adprune_core.config import ModelConfig, load_config
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
 from study.stores import Stores, sqlite_path
-from study.trials import HEARTBEAT_ENV
+from study.trials import HEARTBEAT_ENV, TARGET_HELD_REASON
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (the working folder of the processes tests start)
 
@@ -235,6 +235,12 @@ def study_cli(config: Path, runs: Path, trials: int, name="tiny", *extra: str) -
 def load(runs: Path, name="tiny", storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
     """The trials of study ``name`` in ``storage`` (a URL; default: the embedded storage of ``runs``)."""
     return optuna.load_study(study_name=name, storage=storage or optuna_uri(runs)).get_trials()
+
+
+def ran(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that ran: without the rare one two racing processes started when the study already held its
+    target (it ends FAIL, ``fail_reason`` TARGET_HELD_REASON, with no MLflow run and no epoch trained)."""
+    return [t for t in trials if t.user_attrs.get("fail_reason") != TARGET_HELD_REASON]
 
 
 def split_runs(found):

@@ -316,7 +316,7 @@ def run_control(view: StudyView, trial: FrozenTrial, job: ControlJob, client: An
     tracker = TrialRun(client, run_id, name)
     try:
         summary = train(job.cfg, out, callbacks=[tracker], data=data, init_widths=job.init_widths,
-                        width_plan=job.width_plan).summary
+                        width_plan=job.width_plan).summary.to_dict()
     except KeyboardInterrupt:
         client.set_terminated(run_id, "KILLED")
         raise

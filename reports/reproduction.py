@@ -62,8 +62,9 @@ def run_plan(plan: str, data: str, out: Path) -> None:
             print(f"{run.name}: done already", flush=True)
             continue
         cfg = load_config(PRESETS / f"{run.preset}.yaml", [*run.overrides, f"data.root={data}"])
-        final = train(cfg, target).summary["final"]
-        print(f"{run.name}: val_top1 {final['val_top1']:.4f}, {final['compression_params']:.1f}x params", flush=True)
+        final = train(cfg, target).summary.final
+        if final is not None:
+            print(f"{run.name}: val_top1 {final.val_top1:.4f}, {final.compression_params:.1f}x params", flush=True)
 
 
 def table(plan: str, out: Path, data: str) -> str:

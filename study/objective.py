@@ -51,9 +51,11 @@ from typing import Any
 import optuna
 
 from adprune_core import checkpoint
+from adprune_core.callbacks import Callback
 from adprune_core.config import config_to_dict
 from adprune_core.data import ImageData
 from adprune_core.errors import ConfigError
+from adprune_core.records import EpochRecord, RunSummary
 from adprune_core.snapshots import Sharing, SnapshotStore
 from adprune_core.trainer import train
 from study.pareto import completed_baseline
@@ -93,25 +95,25 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Recorder:
+class _Recorder(Callback):
     """Trainer callback: keeps the compact per-epoch records in the trial's user attrs."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial, self.records = trial, []
 
-    def on_resume(self, summary: dict[str, Any]) -> None:
-        self.records = [compact_record(r) for r in summary["epochs"]]
+    def on_resume(self, summary: RunSummary) -> None:
+        self.records = [compact_record(r.to_dict()) for r in summary.epochs]
         self.trial.set_user_attr("records", self.records)
-        self.trial.set_user_attr("resumed_from_epoch", summary["resumed_from_epoch"])
+        self.trial.set_user_attr("resumed_from_epoch", summary.resumed_from_epoch)
 
-    def on_fork(self, summary: dict[str, Any]) -> None:
-        self.records = [compact_record(r) for r in summary["epochs"]]
+    def on_fork(self, summary: RunSummary) -> None:
+        self.records = [compact_record(r.to_dict()) for r in summary.epochs]
         self.trial.set_user_attr("records", self.records)
         for key in ("reused_epochs", "forked_from"):
-            self.trial.set_user_attr(key, trial_sharing(summary)[key])
+            self.trial.set_user_attr(key, trial_sharing(summary.to_dict())[key])
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.records.append(compact_record(record))
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self.records.append(compact_record(record.to_dict()))
         self.trial.set_user_attr("records", self.records)
 
 
@@ -149,7 +151,7 @@ class Objective:
                 trial.set_user_attr("mlflow_run_id", run.run_id)
             _check_unused(out)
             resume = retry_of is not None and self._copy_retry_checkpoint(trial, retry_of, out, config)
-            callbacks: list[Any] = [_Recorder(trial)]
+            callbacks: list[Callback] = [_Recorder(trial)]
             if run is not None:
                 callbacks.append(run)
             stopper = None
@@ -159,7 +161,7 @@ class Objective:
                     self.cfg.stopper.check_at, self.cfg.stopper.margin, cfg.train.epochs)
                 callbacks.append(stopper)
             summary = train(cfg, out, callbacks=callbacks, data=self.data, checkpoint_dir=out / CHECKPOINT_DIR,
-                            resume=resume, sharing=self._sharing(trial, cfg, stopper, resume)).summary
+                            resume=resume, sharing=self._sharing(trial, cfg, stopper, resume)).summary.to_dict()
             self._record_sharing(trial, summary)
             final = summary["final"]
         except Exception as exc:

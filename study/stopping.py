@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from adprune_core.callbacks import Callback
+from adprune_core.records import EpochRecord
 from study.pareto import dominates_by_margin
 from study.space import epoch_at
 
@@ -53,7 +55,7 @@ def dominated_reason(current: Mapping[str, Any], references: Mapping[int, Mappin
     return None
 
 
-class DominatedTrialStopper:
+class DominatedTrialStopper(Callback):
     """Trainer callback: at the check epochs, a reason to stop when a completed trial dominates."""
 
     def __init__(self, names: Sequence[str], directions: Sequence[str], epochs: Iterable[int], margin: float,
@@ -68,10 +70,10 @@ class DominatedTrialStopper:
                     self.references[rec["epoch"]][number] = rec
         self.reason: str | None = None
 
-    def on_epoch_end(self, record: dict[str, Any]) -> str | None:
-        if record["epoch"] not in self.epochs or self.reason:
+    def on_epoch_end(self, record: EpochRecord) -> str | None:
+        if record.epoch not in self.epochs or self.reason:
             return None
-        self.reason = dominated_reason(record, self.references[record["epoch"]], self.names,
+        self.reason = dominated_reason(record.to_dict(), self.references[record.epoch], self.names,
                                        self.directions, self.margin)
         return self.reason
 

@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adprune_core.callbacks import Callback
+from adprune_core.records import EpochRecord, PruneEvent, RunSummary
 from study.plots import layer_curves, render
 from study.sharing import sharing_totals, trial_sharing
 from study.stores import Stores, check_sqlite_file, sqlite_path
@@ -195,7 +197,7 @@ class StudyTracker:
             self.client.log_artifact(run_id, str(path))
 
 
-class TrialRun:
+class TrialRun(Callback):
     """A trial's child run; a trainer callback (per-epoch metrics, prune events) and ``finish``."""
 
     def __init__(self, client: Any, run_id: str, name: str = "") -> None:
@@ -205,52 +207,51 @@ class TrialRun:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
-    def on_resume(self, summary: dict[str, Any]) -> None:
+    def on_resume(self, summary: RunSummary) -> None:
         """The run continues a dead trial's checkpoint: log the finished epochs it did not recompute."""
-        self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary["resumed_from_epoch"]))
-        if summary.get("forked_from"):  # the dead trial had forked: so did this run
+        self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary.resumed_from_epoch))
+        if summary.forked_from:  # the dead trial had forked: so did this run
             self._tag_fork(summary)
         self._log_epochs(summary)
 
-    def on_fork(self, summary: dict[str, Any]) -> None:
+    def on_fork(self, summary: RunSummary) -> None:
         """The run forked from a snapshot: tag which, and log the reused epochs 1..e-1 at their steps."""
         self._tag_fork(summary)
         self._log_epochs(summary)
 
-    def _tag_fork(self, summary: dict[str, Any]) -> None:
-        shared = trial_sharing(summary)
+    def _tag_fork(self, summary: RunSummary) -> None:
+        shared = trial_sharing(summary.to_dict())
         self.client.set_tag(self.run_id, "adprune.forked_from", shared["forked_from"])
         self.client.set_tag(self.run_id, "adprune.reused_epochs", str(shared["reused_epochs"]))
 
-    def _log_epochs(self, summary: dict[str, Any]) -> None:
-        events = {e["epoch"]: e for e in summary["prune_events"]}
-        for record in summary["epochs"]:
+    def _log_epochs(self, summary: RunSummary) -> None:
+        events = {e.epoch: e for e in summary.prune_events}
+        for record in summary.epochs:
             self.on_epoch_end(record)
-            if record["epoch"] in events:
-                self.on_prune(events[record["epoch"]])
+            if record.epoch in events:
+                self.on_prune(events[record.epoch])
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, record: EpochRecord) -> None:
         from mlflow.entities import Metric
 
-        now, step = _now_ms(), int(record["epoch"])
-        metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if k in record]
-        for kind, key in (("density", "densities"), ("width", "widths")):
-            metrics += [Metric(metric_name(f"{kind}/{layer}"), float(v), now, step)
-                        for layer, v in record.get(key, {}).items()]
+        now, step, values = _now_ms(), record.epoch, record.to_dict()
+        metrics = [Metric(k, float(values[k]), now, step) for k in EPOCH_METRICS if k in values]
+        for kind, layers in (("density", record.densities), ("width", record.widths)):
+            metrics += [Metric(metric_name(f"{kind}/{layer}"), float(v), now, step) for layer, v in layers.items()]
         for i in range(0, len(metrics), _MAX_METRICS):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + _MAX_METRICS])
         return None
 
-    def on_prune(self, event: dict[str, Any]) -> None:
+    def on_prune(self, event: PruneEvent) -> None:
         from mlflow.entities import Metric
 
         self.rounds += 1
-        now, step = _now_ms(), int(event["epoch"])
+        now, step = _now_ms(), event.epoch
         metrics = [Metric("prune_round", self.rounds, now, step),
-                   Metric("params_after", event["params_after"], now, step),
-                   Metric("flops_after", event["flops_after"], now, step)]
-        if "val_top1_after_cut" in event:  # the cut network before any retraining (batch norm recalibrated)
-            metrics.append(Metric("val_top1_after_cut", event["val_top1_after_cut"], now, step))
+                   Metric("params_after", event.params_after, now, step),
+                   Metric("flops_after", event.flops_after, now, step),
+                   # the cut network before any retraining (batch norm recalibrated)
+                   Metric("val_top1_after_cut", event.val_top1_after_cut, now, step)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, state: str, reason: str | None = None, out_dir: Path | None = None,

@@ -20,13 +20,11 @@ After the last epoch, ``test_top1`` is measured once on the dataset's evaluation
 validation split was held out of training (else it equals the last ``val_top1``: the same images).
 Nothing in the loop, and no callback, sees it before the run ends.
 
-Records are typed (``adprune_core.records``: ``EpochRecord``, ``PruneEvent``, ``FinalMetrics``,
-``RunSummary``). Callbacks (``adprune_core.callbacks.Callback``) see every epoch record and prune event;
-``on_epoch_end`` may return a reason string to stop the run early (status ``stopped``). A loss that is
-not finite ends the run with status ``diverged``. ``summary.json`` is rewritten atomically after every
-epoch (the built-in ``SummaryWriter``), so a crash loses nothing already recorded; until the run ends its
-``final.status`` is ``running`` (what a killed run's summary keeps), and a run that Ctrl-C or an error
-ended says ``interrupted`` or ``failed``.
+Records are typed (``adprune_core.records``); callbacks (``adprune_core.callbacks.Callback``, whose
+docstring lists the hooks) see every epoch record and prune event, and ``on_epoch_end`` may stop the run
+early (status ``stopped``). A loss that is not finite ends the run ``diverged``. ``summary.json`` is
+rewritten atomically after every epoch (``SummaryWriter``): ``final.status`` ``running`` until the run
+ends (what a killed run's file keeps), ``interrupted``/``failed`` when Ctrl-C or an error ended it.
 
 Checkpoints (``checkpoint_dir``): after every epoch, once the epoch is recorded and any prune is done
 and *before* the callbacks run, the built-in ``CheckpointWriter`` writes ``adprune_core.checkpoint``'s
@@ -229,7 +227,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, callbacks: Sequence[Ca
                                                            state.density_history, state.train_flops_cum)
                 if not math.isfinite(record.train_loss):
                     status = "diverged"
-                elif _prune_decision_due(cfg, state, epoch):
+                elif not state.pruning_over and policy.should_prune(
+                    cfg.prune, epoch, cfg.train.epochs, state.density_history, state.last_prune_epoch, state.rounds):
                     state, event = _prune(state, cfg, data, counts, dict(record.densities), epoch, example,
                                           _Cut(val_loader, amp_dtype, plan.get(epoch)))
                     if event is not None:
@@ -380,11 +379,6 @@ def _layer_densities(graph: ModelGraph, counts: dict[str, ChannelCounts]) -> dic
     """Prunable layer -> density of the activation its output reaches."""
     return {layer: counts[graph.layer_activation[layer]].layer_density
             for g in graph.groups for layer in g.layers if graph.layer_activation.get(layer) in counts}
-
-
-def _prune_decision_due(cfg: Config, state: _State, epoch: int) -> bool:
-    return not state.pruning_over and policy.should_prune(
-        cfg.prune, epoch, cfg.train.epochs, state.density_history, state.last_prune_epoch, state.rounds)
 
 
 def _group_measures(state: _State, cfg: Config, counts: Mapping[str, ChannelCounts]) -> list[policy.GroupMeasure]:

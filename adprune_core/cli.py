@@ -48,13 +48,16 @@ def _run_train(args: argparse.Namespace) -> int:
         Path("runs/train") / f"{cfg.model.name.replace(':', '-')}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_writable_dir(out, "--out (OUT=)")
     result = train(cfg, out)
-    final = result.summary["final"]
-    test = f", test_top1 {final['test_top1']:.4f}" if "test_top1" in final else ""
-    print(f"{final['status']}: val_top1 {final['val_top1']:.4f}{test}, params {final['params']:,} "
-          f"({final['compression_params']:.1f}x smaller), flops {final['flops']:,} "
-          f"({final['compression_flops']:.1f}x fewer), train compute {final['train_flops_cum']:.3e} FLOPs")
+    final = result.summary.final
+    if final is None:  # no epoch ran (train.epochs=0)
+        print(f"no epoch ran; wrote {out / 'summary.json'} and {out / 'model'}")
+        return 1
+    test = f", test_top1 {final.test_top1:.4f}" if final.test_top1 is not None else ""
+    print(f"{final.status}: val_top1 {final.val_top1:.4f}{test}, params {final.params:,} "
+          f"({final.compression_params:.1f}x smaller), flops {final.flops:,} "
+          f"({final.compression_flops:.1f}x fewer), train compute {final.train_flops_cum:.3e} FLOPs")
     print(f"wrote {out / 'summary.json'} and {out / 'model'}")
-    return 0 if final["status"] in ("completed", "stopped") else 1
+    return 0 if final.status in ("completed", "stopped") else 1
 
 
 def _run_config(args: argparse.Namespace) -> int:

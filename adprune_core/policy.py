@@ -29,6 +29,11 @@ Which channels (``prune.select``): the highest per-channel density, the largest 
 group's first layer's filters, or uniformly at random; channels whose density is below
 ``prune.channel_density_min`` always go first (the width then drops below ``new_width`` if fewer
 channels clear the floor, but not below ``min_channels``, rounded up to ``round_to``).
+
+A whole cut (``plan_cut``): per group its measured counts, width and (under ``select=l1``) filter norms in,
+per group the kept channel indices and the ``GroupDecision`` that sized it out. The random channel scores
+of group ``i`` (its index among all the network's groups) at ``epoch`` are seeded with
+``seed * 100_003 + epoch * 1_009 + i`` (``cut_seed``).
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from adprune_core.config import PruneConfig
+from adprune_core.config import Config, PruneConfig
 from adprune_core.density import ChannelCounts
+from adprune_core.errors import ConfigError
+from adprune_core.records import GroupDecision
 
 # Guards ceil() against float noise: 0.5 * 64 may be 32.000000000000004.
 _EPS = 1e-9
@@ -188,3 +196,69 @@ def worth_pruning(params_before: int, params_after: int, min_gain: float) -> boo
     if params_before <= 0:
         return False
     return (params_before - params_after) / params_before >= max(min_gain, _EPS)
+
+
+@dataclass(frozen=True)
+class GroupMeasure:
+    """One channel group at a cut: its name, its current width, the counts of the activations that measure
+    it (none: the group is not cut) and, for ``prune.select=l1``, its first layer's filter L1 norms."""
+
+    name: str
+    width: int
+    counts: tuple[ChannelCounts, ...]
+    l1_norms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """Group -> kept channel indices (sorted), and group -> what decided its width."""
+
+    kept: Mapping[str, list[int]]
+    decisions: Mapping[str, GroupDecision]
+
+
+def cut_seed(seed: int, epoch: int, group_index: int) -> int:
+    """The seed of the random channel scores of the ``group_index``-th group at a cut after ``epoch``."""
+    return seed * 100_003 + epoch * 1_009 + group_index
+
+
+def plan_cut(cfg: PruneConfig, groups: Sequence[GroupMeasure], *, seed: int, epoch: int,
+             widths: Mapping[str, int] | None = None) -> CutPlan:
+    """Which channels each measured group keeps at the cut after ``epoch`` (``groups`` in the network's
+    order; their position is the ``group_index`` of ``cut_seed``). ``widths`` (group -> channels) overrides
+    the width rule for those groups (capped at the current width). The decision per group: ``density``
+    (``prune.group_density``), ``width_before``, ``at_threshold`` under ``width_rule=threshold``, from
+    which ``new_width`` / ``threshold_width`` recompute the width (``prune.channel_density_min`` may then
+    cut below it), or ``planned_width``."""
+    kept, decisions = {}, {}
+    for i, g in enumerate(groups):
+        if not g.counts:
+            continue
+        density, per_channel = combine_counts(g.counts, cfg.group_density)
+        at_threshold = planned = None
+        if widths is not None and g.name in widths:
+            keep = min(g.width, widths[g.name])
+            planned = widths[g.name]
+        elif cfg.width_rule == "threshold":
+            keep = threshold_width(per_channel, cfg.channel_threshold, min_channels=cfg.min_channels,
+                                   round_to=cfg.round_to)
+            at_threshold = channels_at_threshold(per_channel, cfg.channel_threshold)
+        else:
+            keep = new_width(density, g.width, width_scale=cfg.width_scale, min_channels=cfg.min_channels,
+                             round_to=cfg.round_to)
+        scores = channel_scores(cfg.select, per_channel, g.l1_norms, seed=cut_seed(seed, epoch, i))
+        kept[g.name] = select_channels(scores, keep, channel_densities=per_channel, density_min=cfg.channel_density_min,
+                                       min_channels=cfg.min_channels, round_to=cfg.round_to)
+        decisions[g.name] = GroupDecision(density, g.width, at_threshold=at_threshold, planned_width=planned)
+    return CutPlan(kept, decisions)
+
+
+def check_width_plan(cfg: Config, plan: Mapping[int, Mapping[str, int]] | None) -> dict[int, Mapping[str, int]]:
+    """``plan`` with int epochs, or {} without one; ConfigError unless the fixed schedule prunes exactly then."""
+    if not plan:
+        return {}
+    epochs = sorted(int(e) for e in plan)
+    if cfg.prune.schedule != "fixed" or list(cfg.prune.epochs) != epochs:
+        raise ConfigError(f"width_plan: replaying widths at epochs {epochs} needs prune.schedule=fixed and "
+                          f"prune.epochs={epochs} (got {cfg.prune.schedule}, {list(cfg.prune.epochs)}); set them so")
+    return {int(e): w for e, w in plan.items()}

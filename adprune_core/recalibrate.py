@@ -10,6 +10,10 @@ the cut, a short run's last epochs) is biased.
 cumulative average (``momentum=None``) over the given batches, with only the batch-norm layers in
 train mode (dropout stays off) and without gradients, so no weight changes. It draws no random
 numbers: the batches (the caller chooses them, seeded) fully decide the result.
+
+``recalibrate_after_cut`` is the trainer's use of it: ``prune.bn_images`` training images, unaugmented,
+chosen by a generator of their own (seed ``train.seed * BN_SEED_STRIDE + epoch``: the global RNG, and so
+every later epoch of the run, is untouched).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from adprune_core.config import Config
+from adprune_core.data import DeviceLoader, ImageData
+
+BN_SEED_STRIDE = 1_000_003  # the BN-recalibration images of epoch e: generator seed train.seed * stride + e
 
 
 @torch.no_grad()
@@ -68,3 +77,17 @@ def _statistics(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if mean is None or var is None or count is None:
         raise ValueError(f"{bn} tracks no running statistics")
     return mean, var, count
+
+
+def recalibrate_after_cut(model: nn.Module, cfg: Config, data: ImageData, epoch: int, like: DeviceLoader,
+                          amp_dtype: torch.dtype | None) -> int:
+    """Re-estimate the batch-norm statistics of ``model`` (cut after ``epoch``) on ``prune.bn_images``
+    training images (module docstring), batched as ``train.batch_size`` on ``like``'s device and memory
+    layout; returns the images used (their forward FLOPs count as training compute: the caller adds them)."""
+    n = len(data.train_labels)
+    gen = torch.Generator().manual_seed(cfg.train.seed * BN_SEED_STRIDE + epoch)
+    idx = torch.randperm(n, generator=gen)[:min(cfg.prune.bn_images, n)].sort().values
+    loader = DeviceLoader(data.train_images[idx], data.train_labels[idx], batch_size=cfg.train.batch_size,
+                          device=like.device, mean=data.mean, std=data.std, train=False,
+                          memory_format=like.memory_format)
+    return recalibrate_batchnorm(model, loader, amp_dtype)

@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import shutil
 import time
 import weakref
@@ -56,6 +57,8 @@ from adprune_core import checkpoint, policy
 from adprune_core.config import Config, config_to_dict
 from adprune_core.data import ImageData
 from adprune_core.density import ChannelCounts
+from adprune_core.records import EpochRecord, PruneEvent, RunSummary
+from adprune_core.runtime import autocast_dtype, resolve_device, uses_channels_last
 
 KEY_FORMAT = "adprune-snapshot-key/1"
 # Keys that cannot have acted on epochs 1..e of a run that has not cut (device, amp and layout are
@@ -103,8 +106,6 @@ def code_fingerprint() -> str:
 
 def arithmetic(cfg: Config) -> dict[str, Any]:
     """What, besides the config and the data, decides the bits a run computes here."""
-    from adprune_core.trainer import autocast_dtype, resolve_device, uses_channels_last  # (it imports this module)
-
     device = resolve_device(cfg.train.device)
     amp = autocast_dtype(cfg.train, device)
     out: dict[str, Any] = {"device": device.type, "autocast": str(amp).replace("torch.", "") if amp else None,
@@ -119,11 +120,11 @@ def arithmetic(cfg: Config) -> dict[str, Any]:
 
 
 def key_payload(cfg: Config, data: ImageData, epoch: int,
-                prune_events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                prune_events: Sequence[PruneEvent] = ()) -> dict[str, Any]:
     """What determines a run's epochs 1..``epoch`` (module docstring), as plain JSON-able data."""
     flat = {f"{section}.{k}": v for section, values in config_to_dict(cfg).items() if section not in IGNORED_SECTIONS
             for k, v in values.items() if f"{section}.{k}" not in IGNORED_KEYS}
-    events = [{"epoch": int(e["epoch"]), "kept_idxs": {g: list(map(int, idx)) for g, idx in e["kept_idxs"].items()}}
+    events = [{"epoch": int(e.epoch), "kept_idxs": {g: list(map(int, idx)) for g, idx in e.kept_idxs.items()}}
               for e in prune_events]
     return {"format": KEY_FORMAT, "epoch": int(epoch), "config": flat, "data": data_fingerprint(data),
             "prune_events": events, "transfer": cfg.prune.transfer if events else None,
@@ -224,9 +225,9 @@ class Sharing:
 
     ``save_at``: epochs at which to write a snapshot, while the run has not cut and the store lacks it;
     ``fork_at``: start from the snapshot of that epoch when the store has one and this run may use it
-    (``open_fork``), else train from scratch and say why (``summary["fork_skipped"]``);
+    (``open_fork``), else train from scratch and say why (``summary.fork_skipped``);
     ``max_bytes``: a snapshot that would take the store past this size is not written
-    (``summary["snapshot_skipped"]`` says so); None = no limit;
+    (``summary.snapshot_skipped`` says so); None = no limit;
     ``written_by``: provenance recorded in the snapshots this run writes (e.g. "study 'x' trial 0")."""
 
     store: SnapshotStore
@@ -248,14 +249,14 @@ class Fork:
         return self.saved.epoch
 
     @property
-    def epochs(self) -> list[dict[str, Any]]:
+    def epochs(self) -> tuple[EpochRecord, ...]:
         """The records of epochs 1..e-1."""
-        return [dict(r) for r in self.saved.state["epochs"]]
+        return tuple(EpochRecord.from_dict(r) for r in self.saved.state["epochs"])
 
     @property
-    def record(self) -> dict[str, Any]:
+    def record(self) -> EpochRecord:
         """Epoch e's record, as measured before its prune decision (``seconds``: its training and evaluation)."""
-        return dict(self.saved.state["record"])
+        return EpochRecord.from_dict(self.saved.state["record"])
 
     @property
     def counts(self) -> dict[str, ChannelCounts]:
@@ -271,7 +272,7 @@ class Fork:
         return int(self.saved.state["train_flops_cum"])
 
     def provenance(self) -> dict[str, Any]:
-        """``summary["forked_from"]``: which snapshot, who wrote it, and what it saved this run (the
+        """``summary.forked_from``: which snapshot, who wrote it, and what it saved this run (the
         training compute and wall time of epochs 1..e, as measured by the run that trained them)."""
         return {"epoch": self.epoch, "key": self.key, "written_by": self.saved.state["snapshot"].get("written_by", ""),
                 "train_flops_cum": self.train_flops_cum,
@@ -313,13 +314,13 @@ def open_fork(store: SnapshotStore, cfg: Config, data: ImageData, epoch: int) ->
 
 def save_snapshot(sharing: Sharing, cfg: Config, data: ImageData, *, model: nn.Module,
                   optimizer: torch.optim.Optimizer, group_widths: Mapping[str, int],
-                  epochs: Sequence[Mapping[str, Any]], record: Mapping[str, Any], counts: Mapping[str, ChannelCounts],
+                  epochs: Sequence[EpochRecord], record: EpochRecord, counts: Mapping[str, ChannelCounts],
                   density_history: Sequence[Mapping[str, float]], train_flops_cum: int,
-                  prune_events: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, str | None]:
-    """Write the snapshot of ``record["epoch"]`` (taken before its prune decision) unless the store has it;
+                  prune_events: Sequence[PruneEvent] = ()) -> tuple[bool, str | None]:
+    """Write the snapshot of ``record.epoch`` (taken before its prune decision) unless the store has it;
     returns (written, why not written when the size limit stopped it). ``epochs``: records 1..e-1.
     Nothing passed is modified; the global RNG is only read."""
-    epoch = int(record["epoch"])
+    epoch = record.epoch
     payload = key_payload(cfg, data, epoch, prune_events)
     key = key_of(payload)
     if sharing.store.has(key):
@@ -334,10 +335,27 @@ def save_snapshot(sharing: Sharing, cfg: Config, data: ImageData, *, model: nn.M
                            "--snapshot-gb); later trials train these epochs themselves. Raise the limit, or free "
                            "space with make snapshots-clean (adprune snapshots --remove)")
     state = {"snapshot": {"payload": payload, "written_by": sharing.written_by, "written_at": time.time()},
-             "epochs": list(epochs), "record": dict(record),
+             "epochs": [r.to_dict() for r in epochs], "record": record.to_dict(),
              "counts": {n: {"nonzero": list(c.nonzero), "per_channel_total": c.per_channel_total}
                         for n, c in counts.items()},
              "density_history": list(density_history), "train_flops_cum": int(train_flops_cum)}
     checkpoint.save_checkpoint(sharing.store.directory(key), model=model, optimizer=optimizer, epoch=epoch,
                                group_widths=group_widths, state=state)
     return True, None
+
+
+def snapshot_epoch(sharing: Sharing, cfg: Config, data: ImageData, summary: RunSummary, record: EpochRecord,
+                   counts: Mapping[str, ChannelCounts], model: nn.Module, optimizer: torch.optim.Optimizer,
+                   group_widths: Mapping[str, int], density_history: Sequence[Mapping[str, float]],
+                   train_flops_cum: int) -> RunSummary:
+    """The trainer's step: write epoch ``record.epoch``'s snapshot when ``sharing`` asks for it and the run
+    has not cut (nor diverged); returns ``summary`` with what happened (``snapshots_written``,
+    ``snapshot_skipped``). ``summary.epochs`` holds epochs 1..e-1."""
+    if record.epoch not in sharing.save_at or summary.prune_events or not math.isfinite(record.train_loss):
+        return summary
+    written, skipped = save_snapshot(sharing, cfg, data, model=model, optimizer=optimizer, group_widths=group_widths,
+                                     epochs=summary.epochs, record=record, counts=counts,
+                                     density_history=density_history, train_flops_cum=train_flops_cum)
+    if written:
+        summary = dataclasses.replace(summary, snapshots_written=(*summary.snapshots_written, record.epoch))
+    return dataclasses.replace(summary, snapshot_skipped=skipped) if skipped else summary

@@ -110,6 +110,7 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
     from followup.pick import knee_choice, mlflow_client
     from reports.load import picked_trials
     from reports.trial_lookup import completed_trial
+    from study.trial_record import TrialRecord
 
     if sum(map(bool, (args.trial, args.knee, args.picks))) != 1:
         raise ADPruneError(f"--trial N is required (make control TRIAL=n), or one of --knee / --picks (make controls "
@@ -118,7 +119,8 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
         return [knee_choice(view, pruned_only=True)[0]]
     if args.picks:
         picked = [completed_trial(view, n) for n in sorted(picked_trials(mlflow_client(view.stores), view.name))]
-        pruned = [t for t in picked if not t.user_attrs.get("baseline") and t.user_attrs["final"].get("prune_rounds")]
+        records = {t.number: TrialRecord.from_trial(t) for t in picked}
+        pruned = [t for t in picked if not records[t.number].baseline and records[t.number].pruned]
         for t in picked:
             if t not in pruned:
                 print(f"note: picked trial {t.number} never pruned (dense): it has no controls", flush=True)

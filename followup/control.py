@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,12 +49,14 @@ from adprune_core.data import ImageData, load_dataset
 from adprune_core.errors import ADPruneError, ConfigError
 from adprune_core.export import read_architecture
 from adprune_core.models import TORCHVISION_PREFIX, build_model
+from adprune_core.records import SUMMARY_FILE, FinalMetrics, RunSummary
 from adprune_core.trainer import train
 from reports.pareto import CONTROL_KINDS
 from reports.trial_lookup import StudyView, trial_model_dir
 from study.plots import layer_curves, render
 from study.stores import location
 from study.tracking import PLOT_FILE, TrialRun, flatten
+from study.trial_record import TrialRecord
 
 CONTRACT_METRICS = ("val_top1", "test_top1", "params", "flops", "train_flops_cum", "compression_params",
                     "compression_flops")
@@ -183,10 +186,31 @@ def random_config(trial_config: Mapping[str, Any], plan: Mapping[int, Mapping[st
                                             "min_gain": 0.0, "select": "random", "channel_density_min": 0.0})
 
 
+def _config(trial: FrozenTrial) -> Mapping[str, Any]:
+    """The trial's resolved trainer config (``TrialRecord.config``); ADPruneError when it has none."""
+    config = TrialRecord.from_trial(trial).config
+    if config is None:
+        raise ADPruneError(f"trial {trial.number} has no recorded trainer config (user attr 'config'): it never "
+                           "started a run; pick a COMPLETE trial")
+    return config
+
+
+def _own_seed(trial: FrozenTrial) -> int:
+    return int(_config(trial)["train"]["seed"])
+
+
+def _final(trial: FrozenTrial) -> FinalMetrics:
+    """The trial's final metrics; ADPruneError when its run never ended."""
+    final = TrialRecord.from_trial(trial).final
+    if final is None:
+        raise ADPruneError(f"trial {trial.number} has no final metrics (its run never ended); pick a COMPLETE trial")
+    return final
+
+
 def control_seeds(trial: FrozenTrial, count: int | None) -> list[int]:
     """The seeds of the controls: the trial's ``train.seed`` s and the next ``count - 1`` (s, s + 1, ...);
     without ``count``, [s]."""
-    first = int(trial.user_attrs["config"]["train"]["seed"])
+    first = _own_seed(trial)
     if count is not None and count < 1:
         raise ADPruneError(f"--seeds: {count} must be >= 1 (make controls SEEDS=3)")
     return [first + i for i in range(count or 1)]
@@ -194,10 +218,11 @@ def control_seeds(trial: FrozenTrial, count: int | None) -> list[int]:
 
 def controllable(view: StudyView, trial: FrozenTrial) -> None:
     """ADPruneError unless ``trial`` has a pruned architecture to control."""
-    if trial.user_attrs.get("baseline"):
+    record = TrialRecord.from_trial(trial)
+    if record.baseline:
         raise ADPruneError(f"trial {trial.number} of study {view.name!r} is the dense baseline: it has no pruned "
                            f"architecture to retrain; pick a pruned trial (Pareto trials: {view.pareto_numbers()})")
-    if not trial.user_attrs["final"].get("prune_rounds"):
+    if not record.pruned:
         raise ADPruneError(f"trial {trial.number} of study {view.name!r} never pruned (prune_rounds 0): its network "
                            "is the dense one and the baseline already is its control; pick a pruned trial "
                            f"(Pareto trials: {view.pareto_numbers()})")
@@ -213,7 +238,7 @@ def plan_uniform(trial: FrozenTrial, arch: Mapping[str, Any], model_cfg: ModelCo
     """The uniform control's width multiplier: FLOPs nearest the trial's final FLOPs. ``arch``: the trial's
     ``model.json`` (``trial_architecture``); ``model_cfg``: the model section of its ``control_config``."""
     return uniform_width_mult(model_cfg, arch["num_classes"], tuple(arch["image_shape"]),
-                              int(trial.user_attrs["final"]["flops"]))
+                              _final(trial).flops)
 
 
 def plan_controls(trial: FrozenTrial, arch: Mapping[str, Any], kinds: Sequence[str], seeds: Sequence[int],
@@ -225,7 +250,7 @@ def plan_controls(trial: FrozenTrial, arch: Mapping[str, Any], kinds: Sequence[s
     unknown = [k for k in kinds if k not in CONTROL_KINDS]
     if unknown:
         raise ADPruneError(f"--kinds: unknown control kind {unknown[0]!r}; known: {', '.join(CONTROL_KINDS)}")
-    config, own = trial.user_attrs["config"], int(trial.user_attrs["config"]["train"]["seed"])
+    config, own = _config(trial), _own_seed(trial)
     plan = width_plan_of(arch)
     jobs = []
     for kind in (k for k in CONTROL_KINDS if k in kinds):
@@ -256,12 +281,12 @@ def run_controls(view: StudyView, trial: FrozenTrial, client: Any, kinds: Sequen
     controllable(view, trial)
     arch = trial_architecture(trial, client)
     seeds = list(seeds) if seeds is not None else control_seeds(trial, None)
-    match = plan_uniform(trial, arch, control_config(trial.user_attrs["config"]).model) if "uniform" in kinds else None
+    match = plan_uniform(trial, arch, control_config(_config(trial)).model) if "uniform" in kinds else None
     if match is not None:
         log(f"uniform control: width_mult {match.width_mult:.4g} gives {match.flops:,} FLOPs, "
             f"{match.relative_error:+.2%} from the trial's {match.target_flops:,} ({match.evaluations} networks built)")
     jobs = plan_controls(trial, arch, kinds, seeds, match)
-    if "random" in kinds and trial.user_attrs["config"]["prune"]["transfer"] == "reinit":
+    if "random" in kinds and _config(trial)["prune"]["transfer"] == "reinit":
         log(f"no random control: trial {trial.number} re-initialises the network at every cut (prune.transfer=reinit), "
             "so which channels it keeps cannot matter")
     done = {} if again else finished_controls(view, trial.number, client)
@@ -324,15 +349,21 @@ def run_control(view: StudyView, trial: FrozenTrial, job: ControlJob, client: An
         client.set_tag(run_id, "adprune.fail_reason", f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(run_id, "FAILED")
         raise
-    final = summary["final"]
-    dense = trial.user_attrs["final"]
-    metrics = {k: float(final[k]) for k in ("val_top1", "test_top1", "params", "flops", "train_flops_cum")}
-    metrics.update(compression_params=dense["params_dense"] / max(final["params"], 1),
-                   compression_flops=dense["flops_dense"] / max(final["flops"], 1))
+    final, dense, record = summary.final, _final(trial), TrialRecord.from_trial(trial)
+    if final is None:
+        raise ADPruneError(f"control {out.name} of trial {trial.number} ended without final metrics "
+                           f"({out / SUMMARY_FILE}); train it again (make control TRIAL={trial.number})")
+    metrics = {k: _number(getattr(final, k)) for k in ("val_top1", "test_top1", "params", "flops", "train_flops_cum")}
+    metrics.update(compression_params=dense.params_dense / max(final.params, 1),
+                   compression_flops=dense.flops_dense / max(final.flops, 1))
     _finish_run(client, run_id, out, summary, metrics, dense)
-    if trial.user_attrs.get("mlflow_run_id"):  # so the trial's run points at its newest control
-        client.set_tag(trial.user_attrs["mlflow_run_id"], f"adprune.control_{job.kind}", run_id)
-    return ControlResult(job.kind, job.seed, run_id, out, metrics, final["status"], job.width_match)
+    if record.mlflow_run_id:  # so the trial's run points at its newest control
+        client.set_tag(record.mlflow_run_id, f"adprune.control_{job.kind}", run_id)
+    return ControlResult(job.kind, job.seed, run_id, out, metrics, final.status, job.width_match)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _start_run(view: StudyView, trial: FrozenTrial, job: ControlJob, client: Any, out: Path) -> str:
@@ -361,25 +392,26 @@ def _start_run(view: StudyView, trial: FrozenTrial, job: ControlJob, client: Any
     return run.info.run_id
 
 
-def _finish_run(client: Any, run_id: str, out: Path, summary: Mapping[str, Any], metrics: Mapping[str, float],
-                dense: Mapping[str, Any]) -> None:
+def _finish_run(client: Any, run_id: str, out: Path, summary: RunSummary, metrics: Mapping[str, float],
+                dense: FinalMetrics) -> None:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    final = {k: v for k, v in summary["final"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    final.update(metrics, params_dense=dense["params_dense"], flops_dense=dense["flops_dense"])
+    ended = summary.final.to_dict() if summary.final is not None else {}
+    final = {k: v for k, v in ended.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final.update(metrics, params_dense=dense.params_dense, flops_dense=dense.flops_dense)
     client.log_batch(run_id, metrics=[Metric(f"final/{k}", float(v), now, 0) for k, v in final.items()])
-    client.log_artifact(run_id, str(out / "summary.json"))
+    client.log_artifact(run_id, str(out / SUMMARY_FILE))
     with tempfile.TemporaryDirectory() as tmp:
-        if summary.get("epochs"):
+        if summary.epochs:
             client.log_artifact(run_id, str(render(layer_curves(summary), Path(tmp) / PLOT_FILE,
                                                    title=f"control: {out.name}")))
         (Path(tmp) / "control.json").write_text(json.dumps({"metrics": metrics, "dense": {
-            "params": dense["params_dense"], "flops": dense["flops_dense"]}}, indent=2))
+            "params": dense.params_dense, "flops": dense.flops_dense}}, indent=2))
         client.log_artifact(run_id, str(Path(tmp) / "control.json"))
     if (out / "model").is_dir():
         client.log_artifacts(run_id, str(out / "model"), artifact_path="model")
-    status = summary["final"]["status"]
+    status = summary.final.status if summary.final is not None else ""
     client.set_tag(run_id, "adprune.status", status)
     client.set_terminated(run_id, "FINISHED" if status == "completed" else "FAILED")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -43,12 +44,14 @@ from adprune_core.config import config_from_dict
 from adprune_core.errors import ADPruneError
 from adprune_core.export import ARCH_FILE, WEIGHTS_FILE, load_model, read_architecture
 from adprune_core.files import atomic_write
+from adprune_core.records import FinalMetrics, Savings
 from followup.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from reports.knee import FrontPoint, Knee, find_knee
 from reports.load import MODEL_PREFIX, pick_alias, registered_model_name
 from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
 from study.stores import Stores, redact, sqlite_path
 from study.tracking import mlflow_client as study_mlflow_client
+from study.trial_record import TrialRecord
 
 CONFIG_FILE, METRICS_FILE, README_FILE = "config.yaml", "metrics.json", "README.md"
 
@@ -78,14 +81,15 @@ def default_out_dir(runs_dir: str | Path, study: str, number: int) -> Path:
 def knee_choice(view: StudyView, pruned_only: bool = False) -> tuple[FrozenTrial, Knee]:
     """The knee of the study's Pareto trials on val_top1 vs compression of the size it minimises; with
     ``pruned_only``, of those that pruned (the controls' knee: the baseline has nothing to control)."""
-    front = [t for t in view.pareto if not pruned_only or (not t.user_attrs.get("baseline")
-                                                           and t.user_attrs["final"].get("prune_rounds"))]
+    records = {t.number: TrialRecord.from_trial(t) for t in view.pareto}
+    front = [t for t in view.pareto if not pruned_only or (not records[t.number].baseline
+                                                           and records[t.number].pruned)]
     if not front:
         raise ADPruneError(f"study {view.name!r} has no COMPLETE feasible trial, so no Pareto front to find a knee "
                            "on; run more trials (make study) or pick one with --trial")
     key = f"compression_{view.size_objective}"
-    points = [FrontPoint(t.number, float(t.user_attrs["final"]["val_top1"]), float(t.user_attrs["final"][key]))
-              for t in front]
+    points = [FrontPoint(t.number, float(_final(records[t.number]).val_top1),
+                         float(getattr(_final(records[t.number]), key))) for t in front]
     knee = find_knee(points, key)
     return next(t for t in front if t.number == knee.number), knee
 
@@ -103,9 +107,20 @@ def choose_trial(view: StudyView, number: int | None, knee: bool) -> tuple[Froze
 
 # --- what the pick records -----------------------------------------------------------------------
 
-def pick_metrics(final: Mapping[str, Any], baseline_final: Mapping[str, Any] | None,
+def _final(record: TrialRecord) -> FinalMetrics:
+    if record.final is None:
+        raise ADPruneError("a COMPLETE trial without final metrics (user attr 'final'): the study was not written "
+                           "by adprune study; pick another trial")
+    return record.final
+
+
+def _or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def pick_metrics(final: FinalMetrics | Mapping[str, Any], baseline_final: FinalMetrics | Mapping[str, Any] | None,
                  baseline_number: int | None = None) -> dict[str, Any]:
-    """The pick's numbers from the trial's and the baseline's ``summary.json`` ``final`` (pure).
+    """The pick's numbers from the trial's and the baseline's final metrics (pure; ``Savings.of``).
 
     ``accuracy_change`` = val_top1 - baseline val_top1 (a fraction; negative = less accurate), and
     ``test_accuracy_change`` likewise for ``test_top1`` (the evaluation split the search never read; None
@@ -115,17 +130,18 @@ def pick_metrics(final: Mapping[str, Any], baseline_final: Mapping[str, Any] | N
     baseline the two baseline figures are None."""
     keys = ("val_top1", "test_top1", "params", "flops", "train_flops_cum", "params_dense", "flops_dense",
             "compression_params", "compression_flops", "prune_rounds", "epochs_run")
-    out: dict[str, Any] = {k: final.get(k) for k in keys}
+    mine = final.to_dict() if isinstance(final, FinalMetrics) else final
+    out: dict[str, Any] = {k: mine.get(k) for k in keys}
     if baseline_final is None:
         out.update(baseline=None, accuracy_change=None, test_accuracy_change=None, train_compute_reduction=None)
         return out
-    out["baseline"] = {"trial": baseline_number, **{k: baseline_final.get(k) for k in
+    base = baseline_final.to_dict() if isinstance(baseline_final, FinalMetrics) else baseline_final
+    out["baseline"] = {"trial": baseline_number, **{k: base.get(k) for k in
                                                      ("val_top1", "test_top1", "params", "flops", "train_flops_cum")}}
-    out["accuracy_change"] = float(final["val_top1"]) - float(baseline_final["val_top1"])
-    tests = (final.get("test_top1"), baseline_final.get("test_top1"))
-    out["test_accuracy_change"] = float(tests[0]) - float(tests[1]) if None not in tests else None
-    cum = float(final["train_flops_cum"])
-    out["train_compute_reduction"] = float(baseline_final["train_flops_cum"]) / cum if cum > 0 else None
+    saved = Savings.of(mine, base)
+    out["accuracy_change"] = _or_none(saved.accuracy_change)
+    out["test_accuracy_change"] = _or_none(saved.test_accuracy_change)
+    out["train_compute_reduction"] = _or_none(saved.train_compute_reduction)
     return out
 
 
@@ -182,7 +198,7 @@ def register(client: Any, name: str, trial: FrozenTrial, study: str, out_dir: Pa
     The trial run is tagged ``adprune.pick`` only once the pick has been checked (``pick``)."""
     from mlflow.exceptions import MlflowException
 
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = TrialRecord.from_trial(trial).mlflow_run_id
     source = None
     if run_id:
         try:
@@ -283,7 +299,11 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
     off_front = pareto_note(view, trial)
     notes = [off_front] if off_front else []
     client = mlflow_client(view.stores)
-    config = trial.user_attrs["config"]
+    record = TrialRecord.from_trial(trial)
+    if record.config is None:
+        raise ADPruneError(f"trial {trial.number} has no recorded trainer config (user attr 'config'); pick a "
+                           "COMPLETE trial of a study run by adprune study")
+    config = dict(record.config)
     with tempfile.TemporaryDirectory() as tmp:
         source_dir = trial_model_dir(trial, client, Path(tmp) / "trial")
         arch = _checked_architecture(source_dir, trial, config)
@@ -309,7 +329,7 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
             backup = _swap_in(staging, out)
             swapped = True
             baseline = view.baseline
-            metrics = pick_metrics(trial.user_attrs["final"], baseline.user_attrs["final"] if baseline else None,
+            metrics = pick_metrics(_final(record), _final(TrialRecord.from_trial(baseline)) if baseline else None,
                                    baseline.number if baseline else None)
             registration = register(client, registered_model_name(view.name), trial, view.name, out, metrics)
             registry = load_model(download_registered(view.stores, registration.name, alias, Path(tmp) / "registry"))
@@ -318,14 +338,14 @@ def pick(view: StudyView, trial: FrozenTrial, out_dir: str | Path | None = None,
                 raise ADPruneError(f"the registry's copy of trial {trial.number} ({registration.source}) gives other "
                                    "outputs than the trial's own network; its version was removed again")
             record = {"study": view.name, "trial": trial.number,
-                      "baseline_trial": bool(trial.user_attrs.get("baseline")),
+                      "baseline_trial": record.baseline,
                       "objectives": dict(zip(view.objective_names, trial.values)), "on_pareto_front": off_front is None,
                       **metrics, "params_searched": dict(trial.params),
                       "input": input_description(config, arch["image_shape"]), "num_classes": arch["num_classes"],
                       "registry": {"tracking_uri": redact(view.stores.tracking_uri), "name": registration.name,
                                    "version": registration.version.version, "alias": alias,
                                    "uri": f"models:/{registration.name}@{alias}", "source": registration.source},
-                      "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "onnx": onnx, "checks": checks,
+                      "mlflow_run_id": record.mlflow_run_id, "onnx": onnx, "checks": checks,
                       "knee_reason": reason}
             atomic_write(out / METRICS_FILE, lambda path: path.write_text(json.dumps(record, indent=2, default=float)))
             atomic_write(out / README_FILE, lambda path: path.write_text(readme_text(record, config, out)))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from reports.pareto import ACCURACY, finite
+from study.trial_record import TrialRecord
 
 REFERENCE_FACTOR = 1.1  # the reference cost, as a multiple of the baseline's
 EDGE_FRACTION = 0.02
@@ -127,7 +128,7 @@ def param_importances(trials: Sequence[Any], names: Sequence[str], directions: S
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    done = [t for t in trials if t.state.name == "COMPLETE" and not t.user_attrs.get("baseline") and t.params
+    done = [t for t in trials if t.state.name == "COMPLETE" and not TrialRecord.from_trial(t).baseline and t.params
             and t.values and all(finite(v) for v in t.values)]
     if len(done) < min_trials:
         return Importances({}, f"{NOT_ENOUGH} ({len(done)} complete searched trials, need {min_trials})", len(done))

@@ -1,19 +1,20 @@
 """Read a study for its report: the Optuna study and its MLflow runs, into plain objects and pandas.
 
 Layout read (``study/runner.py``, ``study/tracking.py``): ``<runs>/optuna.db`` (Optuna, every study by
-name; the study's user attrs ``objectives`` = ["val_top1 (maximize)", ...] and
-``mlflow_parent_run_id``), ``<runs>/mlflow.db`` (one experiment per study, named after it: the
-parent run, a child run per trial, control runs tagged ``adprune.role=control``), the trainer output
-``summary.json`` in each trial's ``out_dir`` (trial user attr), and the picks: registered model
+name; the objective names are Optuna's ``metric_names``, ``study.trials.stored_objective_names``; the
+study's user attr ``mlflow_parent_run_id``; each trial's record through ``study.trial_record.TrialRecord``),
+``<runs>/mlflow.db`` (one experiment per study, named after it: the parent run, a child run per trial,
+control runs tagged ``adprune.role=control``), the trainer output ``summary.json`` in each trial's
+``out_dir`` (read as ``adprune_core.records.RunSummary``), and the picks: registered model
 ``adprune-<study>`` (``registered_model_name``) with aliases ``trial-<n>``.
 
 Nothing here writes to either store (a missing store file is reported, never created).
-User errors (no storage, unknown study, ambiguous study) raise ``ConfigError``.
+User errors (no storage, unknown study, ambiguous study) raise ``ConfigError``; a damaged ``summary.json``
+raises ``RecordError`` (one line naming the trial, the file and the fix).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,8 +25,10 @@ import optuna
 import pandas as pd
 
 from adprune_core.errors import ConfigError
+from adprune_core.records import SUMMARY_FILE, RecordError, RunSummary
 from reports.pareto import CONTROL_KINDS, METRICS, REPORTED, ControlInput, TrialInput
 from study.stores import Stores, location, sqlite_path
+from study.trial_record import TrialRecord
 from study.trials import stored_objective_names
 
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
@@ -203,28 +206,25 @@ def picked_trials(client: Any, study: str) -> set[int]:
 # --- into the analysis's inputs ----------------------------------------------------------------------
 
 def trial_inputs(data: StudyData) -> list[TrialInput]:
-    """Every trial as ``reports.pareto.TrialInput``: final metrics from the user attr ``final``."""
+    """Every trial as ``reports.pareto.TrialInput``: final metrics from its ``TrialRecord.final``."""
     from study.pareto import feasible
 
     out = []
     for t in data.trials:
-        attrs = t.user_attrs
-        final = attrs.get("final") or {}
-        run_id = attrs.get("mlflow_run_id")
-        baseline = bool(attrs.get("baseline"))
+        r = TrialRecord.from_trial(t)
+        final = {k: v for k, v in r.final.to_dict().items() if v is not None} if r.final is not None else {}
         # studies from before the never_pruned attr and constraint: a COMPLETE searched trial with no prune round
-        never = bool(attrs.get("never_pruned", not baseline and t.state.name == "COMPLETE"
-                               and final.get("prune_rounds") == 0))
-        seed = ((attrs.get("config") or {}).get("train") or {}).get("seed")
+        never = r.never_pruned if r.never_pruned is not None else (
+            not r.baseline and t.state.name == "COMPLETE" and r.final is not None and r.final.prune_rounds == 0)
         out.append(TrialInput(
-            number=t.number, state=t.state.name, baseline=baseline,
-            seed=seed if isinstance(seed, int) else None, values=tuple(t.values) if t.values else None,
+            number=t.number, state=t.state.name, baseline=r.baseline, seed=r.seed,
+            values=tuple(t.values) if t.values else None,
             metrics={m: final[m] for m in REPORTED if m in final}, params=dict(t.params),
-            feasible=feasible(t) and not never, stop_reason=attrs.get("stop_reason"),
-            fail_reason=attrs.get("fail_reason"), run_id=run_id, url=data.url(run_id), picked=t.number in data.picked,
-            never_pruned=never, reused_epochs=int(attrs.get("reused_epochs") or 0),
-            train_flops_spent=float(attrs.get("train_flops_spent") if attrs.get("train_flops_spent") is not None
-                                    else math.nan), forked_from=attrs.get("forked_from")))
+            feasible=feasible(t) and not never, stop_reason=r.stop_reason, fail_reason=r.fail_reason,
+            run_id=r.mlflow_run_id, url=data.url(r.mlflow_run_id), picked=t.number in data.picked,
+            never_pruned=never, reused_epochs=r.reused_epochs or 0,
+            train_flops_spent=float(r.train_flops_spent) if r.train_flops_spent is not None else math.nan,
+            forked_from=r.forked_from))
     return out
 
 
@@ -257,34 +257,34 @@ def trial_history(data: StudyData, trial: Any) -> tuple[list[dict[str, Any]], li
     """A trial's per-epoch records (``epoch``, ``widths``, ``densities``), its prune epochs, and where they
     were read: the ``summary.json`` in its ``out_dir`` (as stored, else under ``<runs>/studies/<study>/[<key>/]``),
     else its MLflow run's ``width/<layer>`` and ``density/<layer>`` metrics; ([], [], "") if neither."""
-    out_dir = trial.user_attrs.get("out_dir")
+    record = TrialRecord.from_trial(trial)
+    out_dir = record.out_dir
     if out_dir:
         moved = data.runs_dir / "studies" / data.name  # the runs folder moved: <key>/trial-NNNN (or trial-NNNN)
-        for path in (Path(out_dir) / "summary.json", moved / Path(out_dir).parent.name / Path(out_dir).name
-                     / "summary.json", moved / Path(out_dir).name / "summary.json"):
+        for path in (Path(out_dir) / SUMMARY_FILE, moved / Path(out_dir).parent.name / Path(out_dir).name
+                     / SUMMARY_FILE, moved / Path(out_dir).name / SUMMARY_FILE):
             if path.is_file():
                 summary = read_summary(path, trial.number)
-                return summary.get("epochs", []), [e["epoch"] for e in summary.get("prune_events", [])], str(path)
-    run_id = trial.user_attrs.get("mlflow_run_id")
+                epochs = [{"epoch": r.epoch, "widths": dict(r.widths), "densities": dict(r.densities)}
+                          for r in summary.epochs]
+                return epochs, [e.epoch for e in summary.prune_events], str(path)
+    run_id = record.mlflow_run_id
     if run_id and run_id in data.run_ids:
         return _history_from_metrics(data.client, run_id)
     return [], [], ""
 
 
-def read_summary(path: Path, number: int) -> dict[str, Any]:
-    """Trial ``number``'s ``summary.json`` at ``path``; a one-line ``ConfigError`` when it cannot be read
-    or is not a JSON object (cut short by a full disk, edited by hand): the report never guesses around a
-    damaged record. The trial's MLflow run holds a copy (artifact ``summary.json``) to restore it from."""
+def read_summary(path: Path, number: int) -> RunSummary:
+    """Trial ``number``'s ``summary.json`` at ``path`` (``RunSummary.read``); a one-line ``RecordError`` naming
+    the trial and the file when it cannot be read, is not JSON, is of another schema version or lacks a field
+    (cut short by a full disk, edited by hand): the report never guesses around a damaged record. The trial's
+    MLflow run holds a copy (artifact ``summary.json``) to restore it from; moved away, the report reads the
+    run's metrics instead."""
     try:
-        summary = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
-        summary = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
-    if isinstance(summary, dict) and isinstance(summary.get("epochs", []), list) \
-            and isinstance(summary.get("prune_events", []), list):
-        return summary
-    problem = summary if isinstance(summary, str) else "not a run summary"
-    raise ConfigError(f"trial {number}: {path} is damaged ({problem}); restore it from the trial's MLflow run "
-                      "(artifact summary.json) or move it away, and the report reads the run's metrics instead")
+        return RunSummary.read(path)
+    except RecordError as exc:
+        raise RecordError(f"trial {number}: {exc}; or move it away, and the report reads the run's metrics "
+                          "instead") from None
 
 
 def _history_from_metrics(client: Any, run_id: str) -> tuple[list[dict[str, Any]], list[int], str]:

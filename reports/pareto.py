@@ -8,7 +8,8 @@
 
 Conventions (as in the trainer's ``summary.json``): accuracies are fractions in [0, 1]; ``params`` and
 ``flops`` (inference FLOPs per image) describe the final network; ``train_flops_cum`` is the training
-FLOPs of the whole run. Against the baseline (the dense trial of the same study):
+FLOPs of the whole run. Against the baseline (the dense trial of the same study,
+``study.pareto.completed_baseline``), ``adprune_core.records.Savings`` (the one formula):
 ``accuracy_change = val_top1 - baseline val_top1`` (a fraction; negative = lost accuracy),
 ``compression_params = baseline params / params`` and ``compression_flops`` likewise (x, > 1 = smaller),
 ``train_compute_reduction = baseline train_flops_cum / train_flops_cum`` (x, > 1 = cheaper to train).
@@ -28,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from adprune_core.records import Savings
 from reports.seeds import Difference, SeedStats, compare, seed_stats
 from study.pareto import pareto_front
 
@@ -161,34 +163,8 @@ def _kinds(controls: Sequence[ControlInput]) -> list[str]:
     return kinds + sorted({c.kind for c in controls} - set(kinds))
 
 
-def ratio(numerator: Any, denominator: Any) -> float:
-    """``numerator / denominator``, NaN when either is missing, not finite or the denominator is 0."""
-    if finite(numerator) and finite(denominator) and denominator != 0:
-        return numerator / denominator
-    return math.nan
-
-
-def baseline_of(trials: Sequence[TrialInput]) -> TrialInput | None:
-    """The last COMPLETE baseline trial (a study re-enqueues the baseline only when it failed)."""
-    done = [t for t in trials if t.baseline and t.state == "COMPLETE"]
-    return done[-1] if done else None
-
-
-def savings(metrics: Mapping[str, float], base: Mapping[str, float] | None) -> dict[str, float]:
-    """``accuracy_change`` (val_top1), ``test_accuracy_change``, ``compression_params``, ``compression_flops``,
-    ``train_compute_reduction``."""
-    base = base or {}
-    acc, base_acc = metrics.get(ACCURACY), base.get(ACCURACY)
-    test, base_test = metrics.get(TEST_ACCURACY), base.get(TEST_ACCURACY)
-    return {"accuracy_change": acc - base_acc if finite(acc) and finite(base_acc) else math.nan,
-            "test_accuracy_change": test - base_test if finite(test) and finite(base_test) else math.nan,
-            "compression_params": ratio(base.get("params"), metrics.get("params")),
-            "compression_flops": ratio(base.get("flops"), metrics.get("flops")),
-            "train_compute_reduction": ratio(base.get("train_flops_cum"), metrics.get("train_flops_cum"))}
-
-
 def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: Sequence[str],
-               controls: Sequence[ControlInput] = ()) -> list[dict[str, Any]]:
+               controls: Sequence[ControlInput] = (), baseline: int | None = None) -> list[dict[str, Any]]:
     """Every trial as a flat row (the columns of ``trials.csv``), by trial number.
 
     Columns: ``number``, ``state``, ``baseline``, ``feasible``, ``never_pruned`` (a searched trial that
@@ -201,10 +177,11 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
     present (``control_summaries``: means over seeds) ``<kind>_seeds``, ``<kind>_val_top1``,
     ``<kind>_val_top1_sd``, ``<kind>_test_top1``, ``<kind>_test_top1_sd``, ``<kind>_flops``,
     ``<kind>_train_flops_cum``, ``val_top1_gain_vs_<kind>`` (the trial's seeds minus the control's; not for
-    ``repeat``), ``<kind>_run_id``, ``<kind>_url`` (the latest run of that kind).
+    ``repeat``), ``<kind>_run_id``, ``<kind>_url`` (the latest run of that kind). ``baseline``: the number of
+    the study's completed baseline (``study.pareto.completed_baseline``); None: the savings are NaN.
     """
     trials = sorted(trials, key=lambda t: t.number)
-    base = baseline_of(trials)
+    base = next((t for t in trials if t.number == baseline), None)
     points = [t.values if t.state == "COMPLETE" and t.values else [math.nan] * len(names) for t in trials]
     on_front = pareto_mask(points, directions, [t.feasible for t in trials])
     keys = list(dict.fromkeys(k for t in trials for k in t.params))
@@ -219,7 +196,7 @@ def trial_rows(trials: Sequence[TrialInput], names: Sequence[str], directions: S
         row.update({m: float(metrics[m]) if finite(metrics.get(m)) else math.nan for m in REPORTED if m not in names})
         row["val_test_gap"] = (float(metrics[ACCURACY]) - float(metrics[TEST_ACCURACY])
                                if finite(metrics.get(ACCURACY)) and finite(metrics.get(TEST_ACCURACY)) else math.nan)
-        row.update(savings(metrics, base.metrics if base else None))
+        row.update(Savings.of(metrics, base.metrics if base else None).to_dict())
         row.update({f"search.{k}": t.params.get(k) for k in keys})
         row.update({"stop_reason": t.stop_reason, "fail_reason": t.fail_reason, "picked": t.picked,
                     "mlflow_run_id": t.run_id, "mlflow_url": t.url, "reused_epochs": t.reused_epochs,

@@ -13,9 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from adprune_core.records import Savings
 from reports.figures import PlotlyPage, hypervolume_figure, importance_figure, profile_png, view_figure
 from reports.health import REFERENCE_FACTOR, edge_warnings
-from reports.pareto import CONTROL_LABELS, CONTROL_QUESTIONS, ControlSummary, finite, savings
+from reports.pareto import CONTROL_LABELS, CONTROL_QUESTIONS, ControlSummary, finite
 from reports.report import Report
 from study.sharing import sharing_text
 
@@ -111,7 +112,7 @@ def pareto_table_rows(report: Report, link: bool) -> list[tuple[str, list[str]]]
 
 def _control_cells(report: Report, c: ControlSummary, link: bool) -> list[str]:
     mean = c.stats.mean
-    s = savings(mean, report.baseline_metrics)
+    s = Savings.of(mean, report.baseline_metrics).to_dict()
     seeds = f"{c.stats.n} seed{'s' * (c.stats.n != 1)}"
     if c.kind == "repeat":
         name, note = f"↳ trial {c.trial} over {seeds} (the trial + repeats)", "the spread of pruning in training"

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from adprune_core.records import Savings
 from reports import health
 from reports.health import EdgeHit, HypervolumeScale, Importances
 from reports.load import StudyData, control_inputs, trial_history, trial_inputs
@@ -19,15 +20,15 @@ from reports.pareto import (
     ControlSummary,
     LayerProfile,
     View,
-    baseline_of,
     control_summaries,
     layer_profile,
-    savings,
     trial_rows,
     views,
 )
+from study.pareto import completed_baseline
 from study.sharing import SharingTotals, sharing_totals
 from study.space import key_limits
+from study.trial_record import TrialRecord
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -81,9 +82,10 @@ def build_report(data: StudyData) -> Report:
     """The report of ``data``; reads the Pareto trials' histories (``reports.load.trial_history``)."""
     inputs = trial_inputs(data)
     controls = control_inputs(data)
-    rows = trial_rows(inputs, data.names, data.directions, controls)
+    found = completed_baseline(data.trials)
+    base = next((t for t in inputs if t.number == found.number), None) if found is not None else None
+    rows = trial_rows(inputs, data.names, data.directions, controls, baseline=base.number if base else None)
     pareto = [r["number"] for r in rows if r["pareto"]]
-    base = baseline_of(inputs)
     by_number = {t.number: t for t in data.trials}
 
     profiles, sources = {}, {}
@@ -104,14 +106,14 @@ def build_report(data: StudyData) -> Report:
     eligible = [t.state == "COMPLETE" and t.feasible for t in inputs]
     history = health.hypervolume_history([t.number for t in inputs], points, eligible, data.directions, scale)
     limits = key_limits({k for t in data.trials for k in t.params})
-    edges = [hit for number in pareto if not by_number[number].user_attrs.get("baseline")
+    edges = [hit for number in pareto if not TrialRecord.from_trial(by_number[number]).baseline
              for hit in health.edge_hits(number, by_number[number].params, by_number[number].distributions,
                                          limits=limits)]
     counts = Counter(t.state for t in inputs)
     return Report(
         study=data.name, names=data.names, directions=data.directions, rows=rows, pareto=pareto,
         baseline=base.number if base else None, views=views(rows, data.names, controls), controls=controls,
-        control_savings={c.run_id: savings(c.metrics, base.metrics if base else None) for c in controls},
+        control_savings={c.run_id: Savings.of(c.metrics, base.metrics if base else None).to_dict() for c in controls},
         summaries={t.number: control_summaries(t, controls) for t in inputs
                    if t.state == "COMPLETE" and any(c.control_of == t.number for c in controls)},
         profiles=profiles, profile_sources=sources,
@@ -122,7 +124,7 @@ def build_report(data: StudyData) -> Report:
         experiment_id=data.experiment_id, parent_run_id=data.parent_run_id, mlflow_url=data.mlflow_url,
         picked=sorted(data.picked), notes=list(data.notes) + _baseline_notes(base),
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        sharing=sharing_totals(t.user_attrs for t in data.trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")))
+        sharing=sharing_totals(t for t in data.trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")))
 
 
 def _baseline_notes(base: Any) -> list[str]:

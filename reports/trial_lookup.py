@@ -20,6 +20,7 @@ from adprune_core.errors import ADPruneError
 from reports.load import objective_names, open_storage, resolve_study
 from study.pareto import completed_baseline, feasible, pareto_trials
 from study.stores import Stores
+from study.trial_record import TrialRecord
 
 
 @dataclass
@@ -74,7 +75,8 @@ def completed_trial(view: StudyView, number: int) -> FrozenTrial:
                            f"pick one of its Pareto trials: {view.pareto_numbers()}")
     trial = by_number[number]
     if trial.state != TrialState.COMPLETE:
-        why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason")
+        record = TrialRecord.from_trial(trial)
+        why = record.fail_reason or record.stop_reason
         raise ADPruneError(f"trial {number} of study {view.name!r} is {trial.state.name}"
                            + (f" ({_first_line(why)})" if why else "")
                            + f"; only COMPLETE trials have a final network; pick one of the Pareto trials: "
@@ -87,7 +89,7 @@ def pareto_note(view: StudyView, trial: FrozenTrial) -> str | None:
     if any(t.number == trial.number for t in view.pareto):
         return None
     if not feasible(trial):
-        drop = trial.user_attrs.get("accuracy_drop")
+        drop = TrialRecord.from_trial(trial).accuracy_drop
         return (f"trial {trial.number} is infeasible (val_top1 {drop:.4f} below the baseline, more than the "
                 f"study's max_accuracy_drop)" if drop is not None else f"trial {trial.number} is infeasible")
     return f"trial {trial.number} is not on the Pareto front (another trial is at least as good in every objective)"
@@ -98,11 +100,12 @@ def trial_model_dir(trial: FrozenTrial, client: Any | None = None, scratch: Path
 
     The trainer's ``<out_dir>/model``; when that is gone, the ``model/`` artifact of the trial's MLflow run,
     downloaded into ``scratch`` (needs ``client``)."""
-    out_dir = trial.user_attrs.get("out_dir")
+    record = TrialRecord.from_trial(trial)
+    out_dir = record.out_dir
     local = Path(out_dir) / "model" if out_dir else None
     if local is not None and (local / "model.json").is_file() and (local / "model.safetensors").is_file():
         return local
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = record.mlflow_run_id
     if client is not None and run_id and scratch is not None:
         try:
             return Path(client.download_artifacts(run_id, "model", str(scratch)))

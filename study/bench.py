@@ -83,7 +83,7 @@ def run_case(case: Case, trials: int, tmp: Path, share: bool) -> Result:
     run_study(cfg, case.name, trials, runs, progress=False, log=lambda *_: None)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     done = open_study(cfg, case.name, runs).get_trials(deepcopy=False)
-    totals = sharing_totals(t.user_attrs for t in done)
+    totals = sharing_totals(done)
     front = [(t.number, tuple(t.values)) for t in pareto_trials(done, cfg.directions)]
     trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done if t.datetime_complete)
     return Result(share, wall, cpu, trial_s, done, front, totals.train_flops_spent, totals.train_flops_cum,

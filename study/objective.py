@@ -30,12 +30,7 @@ records ``reused_epochs``, ``forked_from``, ``train_flops_spent`` and ``reused_s
 None, the whole run, 0 when it did not fork), ``fork_skipped`` (why it did not) and ``snapshot_skipped``
 (a snapshot the size limit kept it from writing).
 
-Trial user attrs: ``worker`` (host:pid of the process running it; its presence says the trial beats
-a heartbeat), ``baseline``, ``config`` (resolved trainer config), ``epochs``, ``out_dir``,
-``mlflow_run_id``, ``records`` (per-epoch ``val_top1``, ``params``, ``flops``, ``train_flops_cum``,
-``train_loss``, ``train_top1``; rewritten every epoch, read by the stopper), ``status`` (trainer's),
-``final``, ``compression_params``, ``compression_flops``, ``accuracy_drop``, ``never_pruned``, ``stop_reason``,
-``fail_reason``, ``retry_of``, ``resumed_from_epoch``, ``resume_skipped``, and the sharing attrs above.
+Trial user attrs: written through ``study.trial_record.TrialRecord`` (its docstring lists them).
 """
 
 from __future__ import annotations
@@ -51,20 +46,28 @@ from typing import Any
 import optuna
 
 from adprune_core import checkpoint
+from adprune_core.callbacks import Callback
 from adprune_core.config import config_to_dict
 from adprune_core.data import ImageData
 from adprune_core.errors import ConfigError
+from adprune_core.records import EpochRecord, FinalMetrics, RunSummary, Savings
 from adprune_core.snapshots import Sharing, SnapshotStore
 from adprune_core.trainer import train
 from study.pareto import completed_baseline
-from study.retries import INTERRUPTED_REASON, RUN_ATTRS, enqueue_retry
+from study.retries import INTERRUPTED_REASON, enqueue_retry
 from study.sharing import fork_epochs, plan_trial, trial_sharing
 from study.space import StudyConfig, baseline_config, suggest, trial_config
 from study.stopping import DominatedTrialStopper, compact_record
 from study.tracking import StudyTracker, TrialRun
+from study.trial_record import (
+    ACCURACY_DROP_ATTR,
+    NEVER_PRUNED_ATTR,  # user attr and constraint (1.0 = infeasible) of a trial that made no cut
+    WORKER_ATTR,
+    TrialRecord,
+    set_attrs,
+)
 
-WORKER_ATTR = "worker"
-NEVER_PRUNED_ATTR = "never_pruned"  # user attr and constraint (1.0 = infeasible) of a trial that made no cut
+__all__ = ["WORKER_ATTR", "NEVER_PRUNED_ATTR", "Objective", "retry_history", "worker_id"]
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -93,26 +96,25 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Recorder:
+class _Recorder(Callback):
     """Trainer callback: keeps the compact per-epoch records in the trial's user attrs."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial, self.records = trial, []
 
-    def on_resume(self, summary: dict[str, Any]) -> None:
-        self.records = [compact_record(r) for r in summary["epochs"]]
-        self.trial.set_user_attr("records", self.records)
-        self.trial.set_user_attr("resumed_from_epoch", summary["resumed_from_epoch"])
+    def on_resume(self, summary: RunSummary) -> None:
+        self.records = [compact_record(r) for r in summary.epochs]
+        set_attrs(self.trial, TrialRecord(records=tuple(self.records), resumed_from_epoch=summary.resumed_from_epoch))
 
-    def on_fork(self, summary: dict[str, Any]) -> None:
-        self.records = [compact_record(r) for r in summary["epochs"]]
-        self.trial.set_user_attr("records", self.records)
-        for key in ("reused_epochs", "forked_from"):
-            self.trial.set_user_attr(key, trial_sharing(summary)[key])
+    def on_fork(self, summary: RunSummary) -> None:
+        self.records = [compact_record(r) for r in summary.epochs]
+        shared = trial_sharing(summary)
+        set_attrs(self.trial, TrialRecord(records=tuple(self.records), reused_epochs=shared.reused_epochs,
+                                          forked_from=shared.forked_from))
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, record: EpochRecord) -> None:
         self.records.append(compact_record(record))
-        self.trial.set_user_attr("records", self.records)
+        set_attrs(self.trial, TrialRecord(records=tuple(self.records)))
 
 
 class Objective:
@@ -129,8 +131,8 @@ class Objective:
         self.fork_points = fork_epochs(cfg) if self.store is not None else ()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        trial.set_user_attr(WORKER_ATTR, worker_id())  # first: this trial beats a heartbeat (runner.py)
-        baseline = bool(trial.user_attrs.get("baseline"))
+        set_attrs(trial, TrialRecord(worker=worker_id()))  # first: this trial beats a heartbeat (runner.py)
+        baseline = TrialRecord.from_trial(trial).baseline
         retry_of = self._retry_of(trial)
         params = {} if baseline else suggest(trial, self.cfg.space)
         run: TrialRun | None = None
@@ -140,16 +142,13 @@ class Objective:
             if not self.progress:
                 cfg = cfg.replace(train=dataclasses.replace(cfg.train, progress=False))
             config = config_to_dict(cfg)
-            for key, value in (("config", config), ("epochs", cfg.train.epochs), ("out_dir", str(out)),
-                               ("records", []), ("reused_epochs", 0), ("forked_from", None), ("fork_skipped", None),
-                               ("snapshot_skipped", None)):  # a retry's copied attrs describe the dead trial
-                trial.set_user_attr(key, value)
+            set_attrs(trial, TrialRecord(config=config, epochs=cfg.train.epochs, out_dir=str(out)))
             if self.tracker is not None:  # before anything else can fail: every failure is in MLflow too
                 run = self.tracker.start_trial(trial.number, baseline, params, config, out, retry_of=retry_of)
-                trial.set_user_attr("mlflow_run_id", run.run_id)
+                set_attrs(trial, TrialRecord(mlflow_run_id=run.run_id))
             _check_unused(out)
             resume = retry_of is not None and self._copy_retry_checkpoint(trial, retry_of, out, config)
-            callbacks: list[Any] = [_Recorder(trial)]
+            callbacks: list[Callback] = [_Recorder(trial)]
             if run is not None:
                 callbacks.append(run)
             stopper = None
@@ -160,19 +159,22 @@ class Objective:
                 callbacks.append(stopper)
             summary = train(cfg, out, callbacks=callbacks, data=self.data, checkpoint_dir=out / CHECKPOINT_DIR,
                             resume=resume, sharing=self._sharing(trial, cfg, stopper, resume)).summary
-            self._record_sharing(trial, summary)
-            final = summary["final"]
+            set_attrs(trial, dataclasses.replace(trial_sharing(summary), fork_skipped=summary.fork_skipped,
+                                                 snapshot_skipped=summary.snapshot_skipped))
+            final = summary.final
+            if final is None:
+                raise RuntimeError(f"the trainer ended trial {trial.number} without final metrics (no epoch ran)")
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
+            set_attrs(trial, TrialRecord(fail_reason=reason))
             if run is not None:
                 run.finish("FAIL", reason, out)
             raise
         except KeyboardInterrupt:  # Ctrl-C: retried from its checkpoint like a trial whose worker died
-            trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+            set_attrs(trial, TrialRecord(fail_reason=INTERRUPTED_REASON))
             frozen = _frozen(trial)
             enqueue_retry(trial.study, frozen, interrupted=True)
-            done = len(frozen.user_attrs.get("records") or [])
+            done = len(TrialRecord.from_trial(frozen).records)
             print(f"trial {trial.number} interrupted after {done} epoch(s); it will be retried"
                   + (" from its checkpoint" if done else ""), flush=True)
             if run is not None:
@@ -180,32 +182,29 @@ class Objective:
                 run.client.set_tag(run.run_id, "adprune.retried", "true")
             raise
 
-        trial.set_user_attr("status", final["status"])
-        trial.set_user_attr("final", final)
-        trial.set_user_attr("compression_params", final["compression_params"])
-        trial.set_user_attr("compression_flops", final["compression_flops"])
-        if final["status"] == "stopped":
-            reason = final.get("stop_reason", "stopped")
-            trial.set_user_attr("stop_reason", reason)
+        set_attrs(trial, TrialRecord(status=final.status, final=final))
+        if final.status == "stopped":
+            reason = final.stop_reason or "stopped"
+            set_attrs(trial, TrialRecord(stop_reason=reason))
             if run is not None:
                 run.finish("PRUNED", reason, out)
             raise optuna.TrialPruned(reason)
-        if final["status"] != "completed":
-            reason = f"{final['status']} at epoch {final['epochs_run']} (training loss not finite)"
-            trial.set_user_attr("fail_reason", reason)
+        if final.status != "completed":
+            reason = f"{final.status} at epoch {final.epochs_run} (training loss not finite)"
+            set_attrs(trial, TrialRecord(fail_reason=reason))
             if run is not None:
                 run.finish("FAIL", reason, out)
             return tuple(math.nan for _ in self.cfg.objectives)  # Optuna marks NaN values FAIL
-        self._constrain(trial, final["val_top1"], baseline)
+        self._constrain(trial, final, baseline)
         if not baseline:  # a trial that never cut its network is the baseline again: never on the front
-            never = final["prune_rounds"] == 0
-            trial.set_user_attr(NEVER_PRUNED_ATTR, never)
+            never = final.prune_rounds == 0
+            set_attrs(trial, TrialRecord(never_pruned=never))
             trial.set_constraint(NEVER_PRUNED_ATTR, 1.0 if never else 0.0)
         if run is not None:
             if not baseline:
-                run.set_tag("adprune.never_pruned", str(final["prune_rounds"] == 0).lower())
+                run.set_tag("adprune.never_pruned", str(final.prune_rounds == 0).lower())
             run.finish("COMPLETE", None, out)
-        return tuple(float(final[name]) for name in self.cfg.objective_names)
+        return tuple(float(getattr(final, name)) for name in self.cfg.objective_names)
 
     def _sharing(self, trial: optuna.Trial, cfg: Any, stopper: DominatedTrialStopper | None,
                  resume: bool) -> Sharing | None:
@@ -220,25 +219,16 @@ class Objective:
         if resume:
             return dataclasses.replace(plan.sharing, fork_at=None)
         if plan.no_fork:
-            trial.set_user_attr("fork_skipped", plan.no_fork)
+            set_attrs(trial, TrialRecord(fork_skipped=plan.no_fork))
         return plan.sharing
 
-    def _record_sharing(self, trial: optuna.Trial, summary: dict[str, Any]) -> None:
-        for key, value in trial_sharing(summary).items():
-            trial.set_user_attr(key, value)
-        for key in ("fork_skipped", "snapshot_skipped"):
-            if summary.get(key):
-                trial.set_user_attr(key, summary[key])
-
     def _retry_of(self, trial: optuna.Trial) -> int | None:
-        """The trial this one retries (the last of its retry history), or None."""
+        """The trial this one retries (the last of its retry history), or None. The retry starts without the
+        dead run's attrs: ``study.retries.enqueue_retry`` left them out of the copy."""
         history = retry_history(_frozen(trial))
         if not history:
             return None
-        trial.set_user_attr("retry_of", history[-1])
-        for key in RUN_ATTRS:  # a retry enqueued by an older version copied the dead run's attrs: not this one's
-            if key not in ("worker", "retry_of") and trial.user_attrs.get(key) is not None:
-                trial.set_user_attr(key, None)
+        set_attrs(trial, TrialRecord(retry_of=history[-1]))
         return history[-1]
 
     def _copy_retry_checkpoint(self, trial: optuna.Trial, retry_of: int, out: Path, config: dict[str, Any]) -> bool:
@@ -250,33 +240,36 @@ class Objective:
                 checkpoint.load_checkpoint(source)  # every tensor: a truncated file fails here, not in train
         except Exception as exc:  # a damaged file (SafetensorError, bad JSON, not a checkpoint): start afresh
             first = (str(exc).strip().splitlines() or [""])[0][:300]
-            trial.set_user_attr("resume_skipped", f"trial {retry_of}'s checkpoint {checkpoint.checkpoint_path(source)} "
-                                f"is unreadable ({type(exc).__name__}: {first}); started from scratch")
+            set_attrs(trial, TrialRecord(resume_skipped=f"trial {retry_of}'s checkpoint "
+                                         f"{checkpoint.checkpoint_path(source)} is unreadable "
+                                         f"({type(exc).__name__}: {first}); started from scratch"))
             return False
         if state is None:
-            trial.set_user_attr("resume_skipped", f"no checkpoint of trial {retry_of} in {source} (it died before "
-                                "its first epoch ended, or ran on another machine)")
+            set_attrs(trial, TrialRecord(resume_skipped=f"no checkpoint of trial {retry_of} in {source} (it died "
+                                         "before its first epoch ended, or ran on another machine)"))
             return False
         mismatch = checkpoint.config_mismatch(state["summary"]["config"], config)
         if mismatch:
-            trial.set_user_attr("resume_skipped", f"trial {retry_of}'s checkpoint has another config: "
-                                + "; ".join(mismatch[:5]))
+            set_attrs(trial, TrialRecord(resume_skipped=f"trial {retry_of}'s checkpoint has another config: "
+                                         + "; ".join(mismatch[:5])))
             return False
         return checkpoint.copy_checkpoint(source, out / CHECKPOINT_DIR)
 
-    def _constrain(self, trial: optuna.Trial, val_top1: float, baseline: bool) -> None:
+    def _constrain(self, trial: optuna.Trial, final: FinalMetrics, baseline: bool) -> None:
+        """``constraints.max_accuracy_drop``: the constraint ``accuracy_drop`` - limit (``Savings.accuracy_drop``
+        against the study's completed baseline; the baseline against itself)."""
         limit = self.cfg.max_accuracy_drop
         if limit is None:
             return
         if baseline:
-            reference = val_top1
+            reference: FinalMetrics | None = final
         else:
             base = completed_baseline(trial.study.get_trials(deepcopy=False,
                                                              states=(optuna.trial.TrialState.COMPLETE,)))
             if base is None:
                 return  # no baseline to compare with: left unconstrained (feasible)
-            reference = base.user_attrs["final"]["val_top1"]
-        drop = reference - val_top1
-        trial.set_user_attr("accuracy_drop", drop)
-        trial.set_constraint("accuracy_drop", drop - limit)
+            reference = TrialRecord.from_trial(base).final
+        drop = Savings.of(final, reference).accuracy_drop
+        set_attrs(trial, TrialRecord(accuracy_drop=drop))
+        trial.set_constraint(ACCURACY_DROP_ATTR, drop - limit)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from study.trial_record import TrialRecord
+
 
 def dominates_by_margin(a: Sequence[float], b: Sequence[float], directions: Sequence[str],
                         margin: float = 0.0) -> bool:
@@ -55,7 +57,7 @@ def feasible(trial: Any) -> bool:
 def completed_baseline(trials: Iterable[Any]) -> Any | None:
     """The last COMPLETE dense baseline trial (the one savings and accuracy drops are measured against; a
     study re-enqueues the baseline only when it did not complete), or None."""
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("baseline")]
+    done = [t for t in trials if t.state.name == "COMPLETE" and TrialRecord.from_trial(t).baseline]
     return done[-1] if done else None
 
 
@@ -67,10 +69,10 @@ def pareto_trials(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]
 
 def describe_trial(trial: Any, names: Sequence[str]) -> dict[str, Any]:
     """A trial as plain data for ``pareto_front.json`` and the command's summary."""
-    attrs = trial.user_attrs
-    return {"number": trial.number, "state": trial.state.name, "baseline": bool(attrs.get("baseline")),
+    r = TrialRecord.from_trial(trial)
+    return {"number": trial.number, "state": trial.state.name, "baseline": r.baseline,
             "values": dict(zip(names, trial.values)) if trial.values else None, "params": dict(trial.params),
-            "feasible": feasible(trial), "accuracy_drop": attrs.get("accuracy_drop"),
-            "compression_params": attrs.get("compression_params"), "compression_flops": attrs.get("compression_flops"),
-            "stop_reason": attrs.get("stop_reason"), "fail_reason": attrs.get("fail_reason"),
-            "out_dir": attrs.get("out_dir"), "mlflow_run_id": attrs.get("mlflow_run_id")}
+            "feasible": feasible(trial), "accuracy_drop": r.accuracy_drop,
+            "compression_params": r.compression_params, "compression_flops": r.compression_flops,
+            "stop_reason": r.stop_reason, "fail_reason": r.fail_reason,
+            "out_dir": r.out_dir, "mlflow_run_id": r.mlflow_run_id}

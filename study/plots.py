@@ -1,16 +1,16 @@
 """The per-layer density and width plot of a run: compute (``layer_curves``) -> render (``render``).
 
-``layer_curves`` turns a trainer summary into plain lists (tested); ``render`` draws them with
+``layer_curves`` turns a run's ``RunSummary`` into plain lists (tested); ``render`` draws them with
 matplotlib's Agg backend into a PNG (two panels: activation density and width per layer over
 the epochs, prune epochs marked).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from adprune_core.records import RunSummary
 
 
 @dataclass
@@ -21,16 +21,16 @@ class LayerCurves:
     prune_epochs: list[int] = field(default_factory=list)
 
 
-def layer_curves(summary: Mapping[str, Any]) -> LayerCurves:
-    """Per-layer density and width over the epochs of a trainer summary (``summary.json``)."""
-    records = summary.get("epochs", [])
-    layers = list(dict.fromkeys(k for r in records for k in (*r.get("densities", {}), *r.get("widths", {}))))
+def layer_curves(summary: RunSummary) -> LayerCurves:
+    """Per-layer density and width over the epochs of a run's summary (``summary.json``)."""
+    records = summary.epochs
+    layers = list(dict.fromkeys(k for r in records for k in (*r.densities, *r.widths)))
     nan = float("nan")
     return LayerCurves(
-        epochs=[r["epoch"] for r in records],
-        density={k: [float(r.get("densities", {}).get(k, nan)) for r in records] for k in layers},
-        width={k: [float(r.get("widths", {}).get(k, nan)) for r in records] for k in layers},
-        prune_epochs=[e["epoch"] for e in summary.get("prune_events", [])],
+        epochs=[r.epoch for r in records],
+        density={k: [float(r.densities.get(k, nan)) for r in records] for k in layers},
+        width={k: [float(r.widths.get(k, nan)) for r in records] for k in layers},
+        prune_epochs=[e.epoch for e in summary.prune_events],
     )
 
 

@@ -169,11 +169,10 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
                    position=0)
 
         def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            tracker.after_trial(study, trial)
+            shared = tracker.after_trial(study, trial)
             line = trial_line(trial, cfg.objective_names)
             if progress:
                 bar.write(line)
-                shared = sharing_totals(t.user_attrs for t in study.get_trials(deepcopy=False) if t.state in FINISHED)
                 if shared.forked:  # the progress line: what shared prefixes saved so far
                     bar.set_postfix_str(f"shared prefixes: {shared.compute_ratio:.2f}x less compute, "
                                         f"{shared.reused_seconds:.0f} s saved", refresh=False)
@@ -217,7 +216,7 @@ def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran
     return StudyReport(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
                        pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)],
-                       retried=retried, sharing=sharing_totals(t.user_attrs for t in trials if t.state in FINISHED))
+                       retried=retried, sharing=sharing_totals(t for t in trials if t.state in FINISHED))
 
 
 def _state_counts(trials: list[optuna.trial.FrozenTrial]) -> str:

@@ -23,7 +23,7 @@ starts from, and what sharing saved (``adprune_core.snapshots`` is the store, th
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,10 @@ from adprune_core import policy, snapshots
 from adprune_core.config import Config
 from adprune_core.data import ImageData
 from adprune_core.errors import ConfigError
+from adprune_core.records import RunSummary
 from study.space import FIRST_FRAC, INTERVAL_FRAC, ROUNDS, StudyConfig, trial_config
 from study.stopping import DominatedTrialStopper, compact_record
+from study.trial_record import TrialRecord
 
 SNAPSHOTS_DIR = "snapshots"  # under the runtime folder
 # Searched keys that move a trial's first prune decision: the extremes of these bound the fork points.
@@ -109,19 +111,19 @@ def plan_trial(store: snapshots.SnapshotStore, cfg: Config, data: ImageData, for
 
 # --- accounting ---------------------------------------------------------------------------------------
 
-def trial_sharing(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's sharing figures from its ``summary``: ``reused_epochs`` (0 when it did not fork),
-    ``forked_from`` (which snapshot, written by whom; None), ``train_flops_spent`` (its own training FLOPs:
-    ``final.train_flops_cum`` less the reused epochs'), ``reused_seconds`` (wall time of the reused epochs
-    in the run that trained them)."""
-    fork = summary.get("forked_from")
-    cum = int(summary.get("final", {}).get("train_flops_cum", 0))
+def trial_sharing(summary: RunSummary) -> TrialRecord:
+    """A run's sharing figures from its ``summary``, as the trial records them: ``reused_epochs`` (0 when it
+    did not fork), ``forked_from`` (which snapshot, written by whom; None), ``train_flops_spent`` (its own
+    training FLOPs: ``final.train_flops_cum`` less the reused epochs'), ``reused_seconds`` (wall time of the
+    reused epochs in the run that trained them). The other fields are left unset."""
+    fork = summary.forked_from
+    cum = summary.final.train_flops_cum if summary.final is not None else 0
     if not fork:
-        return {"reused_epochs": 0, "forked_from": None, "train_flops_spent": cum, "reused_seconds": 0.0}
+        return TrialRecord(reused_epochs=0, forked_from=None, train_flops_spent=cum, reused_seconds=0.0)
     who = f"{fork['written_by']}, " if fork.get("written_by") else ""
-    return {"reused_epochs": int(fork["epoch"]),
-            "forked_from": f"{who}epoch {fork['epoch']} (snapshot {str(fork['key'])[:12]})",
-            "train_flops_spent": cum - int(fork["train_flops_cum"]), "reused_seconds": float(fork["seconds"])}
+    return TrialRecord(reused_epochs=int(fork["epoch"]),
+                       forked_from=f"{who}epoch {fork['epoch']} (snapshot {str(fork['key'])[:12]})",
+                       train_flops_spent=cum - int(fork["train_flops_cum"]), reused_seconds=float(fork["seconds"]))
 
 
 @dataclass(frozen=True)
@@ -145,16 +147,18 @@ class SharingTotals:
         return self.train_flops_cum / self.train_flops_spent if self.train_flops_spent > 0 else 1.0
 
 
-def sharing_totals(user_attrs: Iterable[Mapping[str, Any]]) -> SharingTotals:
-    """Totals from trials' user attrs (``reused_epochs``, ``train_flops_spent``, ``reused_seconds``,
-    ``final.train_flops_cum``); trials without ``train_flops_spent`` (running, failed early) are left out."""
-    rows = [a for a in user_attrs if a.get("train_flops_spent") is not None]
+def sharing_totals(trials: Iterable[Any]) -> SharingTotals:
+    """Totals over Optuna trials (their ``TrialRecord``: ``reused_epochs``, ``train_flops_spent``,
+    ``reused_seconds``, ``final.train_flops_cum``); trials without ``train_flops_spent`` (running, failed
+    early) are left out."""
+    rows = [r for r in map(TrialRecord.from_trial, trials) if r.train_flops_spent is not None]
     return SharingTotals(
-        trials=len(rows), forked=sum(int(a.get("reused_epochs") or 0) > 0 for a in rows),
-        reused_epochs=sum(int(a.get("reused_epochs") or 0) for a in rows),
-        train_flops_cum=float(sum((a.get("final") or {}).get("train_flops_cum", a["train_flops_spent"]) for a in rows)),
-        train_flops_spent=float(sum(a["train_flops_spent"] for a in rows)),
-        reused_seconds=float(sum(a.get("reused_seconds") or 0.0 for a in rows)))
+        trials=len(rows), forked=sum((r.reused_epochs or 0) > 0 for r in rows),
+        reused_epochs=sum(r.reused_epochs or 0 for r in rows),
+        train_flops_cum=float(sum(r.final.train_flops_cum if r.final is not None else r.train_flops_spent or 0
+                                  for r in rows)),
+        train_flops_spent=float(sum(r.train_flops_spent or 0 for r in rows)),
+        reused_seconds=float(sum(r.reused_seconds or 0.0 for r in rows)))
 
 
 def sharing_text(t: SharingTotals) -> str:

@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from adprune_core.callbacks import Callback
+from adprune_core.records import EpochRecord
 from study.pareto import dominates_by_margin
 from study.space import epoch_at
+from study.trial_record import TrialRecord
 
 RECORD_KEYS = ("epoch", "train_loss", "train_top1", "val_top1", "params", "flops", "train_flops_cum")
 
@@ -28,8 +31,11 @@ def check_epochs(check_at: Iterable[float], epochs: int) -> tuple[int, ...]:
     return tuple(sorted(e for e in at if 1 <= e < epochs))
 
 
-def compact_record(record: Mapping[str, Any]) -> dict[str, float]:
-    """The part of a trainer epoch record the study keeps per epoch (plain numbers)."""
+def compact_record(record: EpochRecord | Mapping[str, Any]) -> dict[str, float]:
+    """The part of a trainer epoch record (an ``EpochRecord``, or one as ``summary.json`` and a snapshot
+    store it) the study keeps per epoch (plain numbers)."""
+    if isinstance(record, EpochRecord):
+        return {k: getattr(record, k) for k in RECORD_KEYS}
     return {k: record[k] for k in RECORD_KEYS if k in record}
 
 
@@ -53,7 +59,7 @@ def dominated_reason(current: Mapping[str, Any], references: Mapping[int, Mappin
     return None
 
 
-class DominatedTrialStopper:
+class DominatedTrialStopper(Callback):
     """Trainer callback: at the check epochs, a reason to stop when a completed trial dominates."""
 
     def __init__(self, names: Sequence[str], directions: Sequence[str], epochs: Iterable[int], margin: float,
@@ -68,10 +74,10 @@ class DominatedTrialStopper:
                     self.references[rec["epoch"]][number] = rec
         self.reason: str | None = None
 
-    def on_epoch_end(self, record: dict[str, Any]) -> str | None:
-        if record["epoch"] not in self.epochs or self.reason:
+    def on_epoch_end(self, record: EpochRecord) -> str | None:
+        if record.epoch not in self.epochs or self.reason:
             return None
-        self.reason = dominated_reason(record, self.references[record["epoch"]], self.names,
+        self.reason = dominated_reason(compact_record(record), self.references[record.epoch], self.names,
                                        self.directions, self.margin)
         return self.reason
 
@@ -89,6 +95,6 @@ class DominatedTrialStopper:
     def from_trials(cls, trials: Iterable[Any], names: Sequence[str], directions: Sequence[str],
                     check_at: Iterable[float], margin: float, epochs: int) -> DominatedTrialStopper:
         """Built from Optuna trials: the COMPLETE ones that ran ``epochs`` epochs, with their records."""
-        completed = {t.number: t.user_attrs.get("records", []) for t in trials
-                     if t.state.name == "COMPLETE" and t.user_attrs.get("epochs") == epochs}
+        records = {t.number: TrialRecord.from_trial(t) for t in trials if t.state.name == "COMPLETE"}
+        completed = {n: r.records for n, r in records.items() if r.epochs == epochs}
         return cls(names, directions, check_epochs(check_at, epochs), margin, completed)

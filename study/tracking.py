@@ -41,9 +41,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adprune_core.callbacks import Callback
+from adprune_core.records import SUMMARY_FILE, EpochRecord, PruneEvent, RunSummary
 from study.plots import layer_curves, render
-from study.sharing import sharing_totals, trial_sharing
+from study.sharing import SharingTotals, sharing_totals, trial_sharing
 from study.stores import Stores, check_sqlite_file, sqlite_path
+from study.trial_record import TrialRecord
 
 LEFT_RUNNING_REASON = "left running by an interrupted process"  # a run (and trial) no process will finish
 EPOCH_METRICS = ("train_loss", "train_top1", "val_top1", "lr", "params", "flops", "train_flops_cum", "seconds")
@@ -156,15 +159,16 @@ class StudyTracker:
         self._log_params(run.info.run_id, flat)
         return TrialRun(self.client, run.info.run_id, run.info.run_name)
 
-    def after_trial(self, study: Any, trial: Any) -> None:
-        """Optuna study callback: the trial's final state tag, the parent's Pareto front and counts."""
-        run_id = trial.user_attrs.get("mlflow_run_id")
+    def after_trial(self, study: Any, trial: Any) -> SharingTotals:
+        """Optuna study callback: the trial's final state tag, the parent's Pareto front and counts; returns
+        the study's shared-prefix totals so far (for the progress line)."""
+        run_id = TrialRecord.from_trial(trial).mlflow_run_id
         if run_id:
             self.client.set_tag(run_id, "optuna.trial_state", trial.state.name)
         trials = study.get_trials(deepcopy=False)
         front = study.best_trials  # Optuna's front of the feasible COMPLETE trials; make report writes the rest
         counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-        shared = sharing_totals(t.user_attrs for t in trials if t.state.name in counts)
+        shared = sharing_totals(t for t in trials if t.state.name in counts)
         now, step = _now_ms(), trial.number
         from mlflow.entities import Metric
 
@@ -176,6 +180,7 @@ class StudyTracker:
             Metric("sharing/train_flops_spent", shared.train_flops_spent, now, step),
             Metric("sharing/train_flops_saved", shared.train_flops_saved, now, step),
             Metric("sharing/seconds_saved", shared.reused_seconds, now, step)])
+        return shared
 
     def close(self, status: str = "FINISHED") -> None:
         if self.parent_id:
@@ -195,7 +200,7 @@ class StudyTracker:
             self.client.log_artifact(run_id, str(path))
 
 
-class TrialRun:
+class TrialRun(Callback):
     """A trial's child run; a trainer callback (per-epoch metrics, prune events) and ``finish``."""
 
     def __init__(self, client: Any, run_id: str, name: str = "") -> None:
@@ -205,52 +210,51 @@ class TrialRun:
     def set_tag(self, key: str, value: str) -> None:
         self.client.set_tag(self.run_id, key, value)
 
-    def on_resume(self, summary: dict[str, Any]) -> None:
+    def on_resume(self, summary: RunSummary) -> None:
         """The run continues a dead trial's checkpoint: log the finished epochs it did not recompute."""
-        self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary["resumed_from_epoch"]))
-        if summary.get("forked_from"):  # the dead trial had forked: so did this run
+        self.client.set_tag(self.run_id, "adprune.resumed_from_epoch", str(summary.resumed_from_epoch))
+        if summary.forked_from:  # the dead trial had forked: so did this run
             self._tag_fork(summary)
         self._log_epochs(summary)
 
-    def on_fork(self, summary: dict[str, Any]) -> None:
+    def on_fork(self, summary: RunSummary) -> None:
         """The run forked from a snapshot: tag which, and log the reused epochs 1..e-1 at their steps."""
         self._tag_fork(summary)
         self._log_epochs(summary)
 
-    def _tag_fork(self, summary: dict[str, Any]) -> None:
+    def _tag_fork(self, summary: RunSummary) -> None:
         shared = trial_sharing(summary)
-        self.client.set_tag(self.run_id, "adprune.forked_from", shared["forked_from"])
-        self.client.set_tag(self.run_id, "adprune.reused_epochs", str(shared["reused_epochs"]))
+        self.client.set_tag(self.run_id, "adprune.forked_from", str(shared.forked_from))
+        self.client.set_tag(self.run_id, "adprune.reused_epochs", str(shared.reused_epochs))
 
-    def _log_epochs(self, summary: dict[str, Any]) -> None:
-        events = {e["epoch"]: e for e in summary["prune_events"]}
-        for record in summary["epochs"]:
+    def _log_epochs(self, summary: RunSummary) -> None:
+        events = {e.epoch: e for e in summary.prune_events}
+        for record in summary.epochs:
             self.on_epoch_end(record)
-            if record["epoch"] in events:
-                self.on_prune(events[record["epoch"]])
+            if record.epoch in events:
+                self.on_prune(events[record.epoch])
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, record: EpochRecord) -> None:
         from mlflow.entities import Metric
 
-        now, step = _now_ms(), int(record["epoch"])
-        metrics = [Metric(k, float(record[k]), now, step) for k in EPOCH_METRICS if k in record]
-        for kind, key in (("density", "densities"), ("width", "widths")):
-            metrics += [Metric(metric_name(f"{kind}/{layer}"), float(v), now, step)
-                        for layer, v in record.get(key, {}).items()]
+        now, step = _now_ms(), record.epoch
+        metrics = [Metric(k, float(getattr(record, k)), now, step) for k in EPOCH_METRICS]
+        for kind, layers in (("density", record.densities), ("width", record.widths)):
+            metrics += [Metric(metric_name(f"{kind}/{layer}"), float(v), now, step) for layer, v in layers.items()]
         for i in range(0, len(metrics), _MAX_METRICS):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + _MAX_METRICS])
         return None
 
-    def on_prune(self, event: dict[str, Any]) -> None:
+    def on_prune(self, event: PruneEvent) -> None:
         from mlflow.entities import Metric
 
         self.rounds += 1
-        now, step = _now_ms(), int(event["epoch"])
+        now, step = _now_ms(), event.epoch
         metrics = [Metric("prune_round", self.rounds, now, step),
-                   Metric("params_after", event["params_after"], now, step),
-                   Metric("flops_after", event["flops_after"], now, step)]
-        if "val_top1_after_cut" in event:  # the cut network before any retraining (batch norm recalibrated)
-            metrics.append(Metric("val_top1_after_cut", event["val_top1_after_cut"], now, step))
+                   Metric("params_after", event.params_after, now, step),
+                   Metric("flops_after", event.flops_after, now, step),
+                   # the cut network before any retraining (batch norm recalibrated)
+                   Metric("val_top1_after_cut", event.val_top1_after_cut, now, step)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, state: str, reason: str | None = None, out_dir: Path | None = None,
@@ -258,26 +262,26 @@ class TrialRun:
         """Log what the run left in ``out_dir`` (summary, plot, model), tag ``state`` and why, end the run."""
         from mlflow.entities import Metric
 
-        summary_path = out_dir / "summary.json" if out_dir is not None else None
-        summary = json.loads(summary_path.read_text()) if summary_path and summary_path.is_file() else None
+        summary_path = out_dir / SUMMARY_FILE if out_dir is not None else None
+        summary = RunSummary.read(summary_path) if summary_path and summary_path.is_file() else None
         tags = {"optuna.trial_state": state}
         if summary:
-            final = summary.get("final", {})
+            final = summary.final.to_dict() if summary.final is not None else {}
             tags["adprune.status"] = str(final.get("status", ""))
             now = _now_ms()
             metrics = [Metric(metric_name(f"final/{k}"), float(v), now, 0) for k, v in final.items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)]
             shared = trial_sharing(summary)
-            metrics += [Metric(k, float(shared[k]), now, 0) for k in ("train_flops_spent", "reused_epochs",
-                                                                         "reused_seconds")]
+            metrics += [Metric(k, float(getattr(shared, k) or 0), now, 0)
+                        for k in ("train_flops_spent", "reused_epochs", "reused_seconds")]
             if metrics:
                 self.client.log_batch(self.run_id, metrics=metrics)
             self.client.log_artifact(self.run_id, str(summary_path))
             with tempfile.TemporaryDirectory() as tmp:
                 events = Path(tmp) / "prune_events.json"
-                events.write_text(json.dumps(summary.get("prune_events", []), indent=2, default=float))
+                events.write_text(json.dumps([e.to_dict() for e in summary.prune_events], indent=2, default=float))
                 self.client.log_artifact(self.run_id, str(events))
-                if summary.get("epochs"):
+                if summary.epochs:
                     plot = render(layer_curves(summary), Path(tmp) / PLOT_FILE, title=f"{self.name}: {state}")
                     self.client.log_artifact(self.run_id, str(plot))
         model_dir = out_dir / "model" if out_dir is not None else None

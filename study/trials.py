@@ -50,6 +50,7 @@ from study.stores import (
     sqlite_path,
 )
 from study.tracking import LEFT_RUNNING_REASON, end_dead_trial_run
+from study.trial_record import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SPEC_ATTR = "study_spec"  # study user attr: the study config as plain data, for workers that join
@@ -287,7 +288,7 @@ def trial_line(trial: Any, names: tuple[str, ...]) -> str:
     notes = ["baseline"] if trial.user_attrs.get("baseline") else []
     if trial.user_attrs.get("retry_of") is not None:
         resumed = trial.user_attrs.get("resumed_from_epoch")
-        notes.append(f"retry of trial {trial.user_attrs['retry_of']}"
+        notes.append(f"retry of trial {TrialRecord.from_trial(trial).retry_of}"
                      + (f", resumed after epoch {resumed}" if resumed else ""))
     reused = trial.user_attrs.get("reused_epochs")
     if reused:  # forked from a snapshot (study/sharing.py)

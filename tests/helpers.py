@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from adprune_core.callbacks import Callback
 from adprune_core.config import ModelConfig, load_config
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
@@ -270,18 +271,18 @@ class Interrupt(Exception):
     pass
 
 
-class Watcher:
+class Watcher(Callback):
     """Sees the epochs; raises at the end of epoch ``stop_at`` (after that epoch's checkpoint is written)."""
 
     def __init__(self, stop_at=None):
         self.stop_at, self.epochs, self.resumed = stop_at, [], None
 
     def on_resume(self, summary):
-        self.resumed = [e["epoch"] for e in summary["epochs"]]
+        self.resumed = [e.epoch for e in summary.epochs]
 
     def on_epoch_end(self, record):
-        self.epochs.append(record["epoch"])
-        if record["epoch"] == self.stop_at:
+        self.epochs.append(record.epoch)
+        if record.epoch == self.stop_at:
             raise Interrupt
 
 

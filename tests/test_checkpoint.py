@@ -1,7 +1,8 @@
 """Epoch checkpoints: a pickle-free round trip, atomic writes, and a trainer run resumed after an interruption
 ending bitwise identical to an uninterrupted one, without recomputing the finished epochs."""
 
-import json
+
+import dataclasses
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from adprune_core.errors import ConfigError
 from adprune_core.files import atomic_write
 from adprune_core.graph import analyse, prepare_model
 from adprune_core.models import build_model
+from adprune_core.records import RunSummary
 from adprune_core.surgery import prune_groups, shrink_to_widths
 from adprune_core.trainer import build_optimizer, train
 from tests.helpers import Interrupt, Watcher, small_model, tiny_config
@@ -105,15 +107,15 @@ def test_interrupted_run_resumes_bitwise_identical_without_recomputing(tmp_path,
 
     assert watcher.resumed == [1, 2] and watcher.epochs == [3, 4]  # epochs 1-2 were not run again
     summary = resumed.summary
-    assert summary["resumed_from_epoch"] == 2 and [e["epoch"] for e in summary["epochs"]] == [1, 2, 3, 4]
-    assert summary["epochs"][:2] == json.loads(json.dumps(saved["summary"]["epochs"]))  # seconds included
-    assert summary["final"] == whole.summary["final"] and summary["prune_events"] == whole.summary["prune_events"]
+    assert summary.resumed_from_epoch == 2 and [e.epoch for e in summary.epochs] == [1, 2, 3, 4]
+    assert summary.epochs[:2] == RunSummary.from_dict(saved["summary"]).epochs  # seconds included
+    assert summary.final == whole.summary.final and summary.prune_events == whole.summary.prune_events
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise, on the CPU
-    for w, r in zip(whole.summary["epochs"], summary["epochs"]):
-        assert {k: v for k, v in w.items() if k != "seconds"} == {k: v for k, v in r.items() if k != "seconds"}
-    on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["resumed_from_epoch"] == 2 and len(on_disk["epochs"]) == 4 and not ckpt.exists()
+    for w, r in zip(whole.summary.epochs, summary.epochs):
+        assert dataclasses.replace(w, seconds=0) == dataclasses.replace(r, seconds=0)
+    on_disk = RunSummary.read(out / "summary.json")
+    assert on_disk.resumed_from_epoch == 2 and len(on_disk.epochs) == 4 and not ckpt.exists()
 
 
 def test_resume_after_the_last_epoch_and_resume_rules(tmp_path):
@@ -123,7 +125,7 @@ def test_resume_after_the_last_epoch_and_resume_rules(tmp_path):
         train(cfg, tmp_path, callbacks=[Watcher(stop_at=2)], checkpoint_dir=ckpt)
     watcher = Watcher()
     done = train(cfg, tmp_path, callbacks=[watcher], checkpoint_dir=ckpt, resume=True).summary
-    assert watcher.epochs == [] and done["final"]["status"] == "completed" and done["final"]["epochs_run"] == 2
+    assert watcher.epochs == [] and done.final.status == "completed" and done.final.epochs_run == 2
     assert (tmp_path / "model" / "model.safetensors").is_file() and not ckpt.exists()
 
     with pytest.raises(Interrupt):
@@ -136,4 +138,4 @@ def test_resume_after_the_last_epoch_and_resume_rules(tmp_path):
         train(other, tmp_path, callbacks=[Watcher(stop_at=1)], checkpoint_dir=ckpt)
     assert checkpoint.read_state(ckpt)["summary"]["config"]["train"]["epochs"] == 3
     fresh = train(cfg, tmp_path / "b", checkpoint_dir=tmp_path / "b" / "checkpoint", resume=True).summary
-    assert "resumed_from_epoch" not in fresh and len(fresh["epochs"]) == 2
+    assert fresh.resumed_from_epoch is None and len(fresh.epochs) == 2

@@ -349,15 +349,33 @@ def test_truncated_mlflow_db(tmp_path, capsys, tiny):
     assert not (tmp_path / "r").exists()
 
 
-def test_truncated_summary_json_under_report(tmp_path, capsys, tiny):
+def _cut_short(whole: bytes) -> bytes:
+    return whole[:len(whole) // 3]
+
+
+def _other_version(whole: bytes) -> bytes:
+    return json.dumps({**json.loads(whole), "schema_version": 99}).encode()
+
+
+def _no_epochs(whole: bytes) -> bytes:
+    return json.dumps({k: v for k, v in json.loads(whole).items() if k != "epochs"}).encode()
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (_cut_short, (": not a JSON run summary (JSONDecodeError: ",)),
+    (_other_version, (" has schema_version 99, this version reads 1",)),
+    (_no_epochs, (" lacks the field 'epochs'",))])
+def test_damaged_summary_json_under_report(tmp_path, capsys, tiny, damage, needles):
+    """A trial's summary.json cut short, of another schema version or lacking a field: exit 2, one line naming
+    the trial, the file and the fix; the report writes nothing."""
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{tiny.runs / 'optuna.db'}")
     summary = Path(study.trials[tiny.pruned].user_attrs["out_dir"]) / "summary.json"
     whole = summary.read_bytes()
     try:
-        summary.write_bytes(whole[:len(whole) // 3])
+        summary.write_bytes(damage(whole))
         assert_one_line(*cli(capsys, "report", "--runs-dir", str(tiny.runs), "--no-log", "--out", str(tmp_path / "r")),
-                        f"trial {tiny.pruned}: {summary} is damaged (JSONDecodeError: ",
-                        "restore it from the trial's MLflow run (artifact summary.json)")
+                        *(f"trial {tiny.pruned}: {summary}{n}" for n in needles),
+                        "restore the file from the run's MLflow artifact summary.json")
     finally:
         summary.write_bytes(whole)  # the shared study is left as it was
     assert not (tmp_path / "r").exists()

@@ -1,13 +1,14 @@
 """Ctrl-C at safe points: the first SIGINT waits for ``check()``, the second raises at once."""
 
-import json
 import os
 import signal
 
 import pytest
 
 from adprune_core import interrupts
+from adprune_core.callbacks import Callback
 from adprune_core.checkpoint import read_state
+from adprune_core.records import RunSummary
 from adprune_core.trainer import train
 from tests.helpers import tiny_config
 
@@ -63,22 +64,22 @@ def test_trainer_finishes_the_callback_and_stops_at_the_next_step(tmp_path):
     """The interrupt arrives inside a callback (where the study writes to its tracking store): the
     callback completes, the epoch's checkpoint and summary are whole, training stops at the next step."""
 
-    class InterruptedWhileLogging:
+    class InterruptedWhileLogging(Callback):
         def __init__(self):
             self.completed = []
 
         def on_epoch_end(self, record):
-            if record["epoch"] == 2:
+            if record.epoch == 2:
                 ctrl_c()
-            self.completed.append(record["epoch"])  # the "write" after the signal still happens
+            self.completed.append(record.epoch)  # the "write" after the signal still happens
 
     cb = InterruptedWhileLogging()
     cfg = tiny_config("train.epochs=4", "prune.schedule=fixed", "prune.epochs=[1]")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run", callbacks=[cb], checkpoint_dir=tmp_path / "ckpt")
     assert cb.completed == [1, 2]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+    summary = RunSummary.read(tmp_path / "run" / "summary.json")
+    assert [e.epoch for e in summary.epochs] == [1, 2]
     assert read_state(tmp_path / "ckpt")["epoch"] == 2
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not interrupts.requested()

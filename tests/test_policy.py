@@ -5,17 +5,21 @@ import pytest
 from adprune_core.config import PruneConfig
 from adprune_core.density import ChannelCounts
 from adprune_core.policy import (
+    GroupMeasure,
     channel_scores,
     combine_counts,
+    cut_seed,
     densities_settled,
     first_prune_epoch,
     first_prune_range,
     new_width,
+    plan_cut,
     select_channels,
     should_prune,
     threshold_width,
     worth_pruning,
 )
+from adprune_core.records import GroupDecision
 
 
 @pytest.mark.parametrize(
@@ -187,3 +191,39 @@ def test_first_prune_epoch_only_looks_at_the_history_given():
 ])
 def test_first_prune_range(cfg, expected):
     assert first_prune_range(cfg, 10) == expected
+
+
+# --- a whole cut ----------------------------------------------------------------------------------------
+
+def _group(name, width, *nonzero, total=8, l1=()):
+    return GroupMeasure(name, width, tuple(ChannelCounts(tuple(n), total) for n in nonzero), tuple(l1))
+
+
+def test_plan_cut_ad_rule_keeps_the_densest_channels():
+    # per-channel densities 1, 0, 0.5, 1; group density 20/32 = 0.625; ceil(0.625 * 4) = 3 channels
+    plan = plan_cut(PruneConfig(width_rule="ad", select="density"), [_group("g", 4, (8, 0, 4, 8))], seed=0, epoch=1)
+    assert plan.kept == {"g": [0, 2, 3]}
+    assert plan.decisions == {"g": GroupDecision(density=0.625, width_before=4)}
+
+
+def test_plan_cut_threshold_rule_and_a_width_plan():
+    cfg = PruneConfig(width_rule="threshold", channel_threshold=0.75, select="density")
+    plan = plan_cut(cfg, [_group("a", 4, (8, 0, 4, 8)), _group("b", 2, (2, 6))], seed=0, epoch=1, widths={"b": 1})
+    assert plan.kept == {"a": [0, 3], "b": [1]}  # a: two channels at >= 0.75; b: the plan's one, the densest
+    assert plan.decisions["a"] == GroupDecision(0.625, 4, at_threshold=2)
+    assert plan.decisions["b"] == GroupDecision(0.5, 2, planned_width=1)
+
+
+def test_plan_cut_skips_unmeasured_groups_and_seeds_random_scores_by_group_index():
+    cfg = PruneConfig(width_rule="ad", select="random", width_scale=1.0)
+    groups = [_group("unmeasured", 4), _group("g", 4, (4, 4, 4, 4))]  # density 0.5: keep 2 of 4
+    plan = plan_cut(cfg, groups, seed=3, epoch=2)
+    scores = channel_scores("random", [0.5] * 4, [], seed=cut_seed(3, 2, 1))  # index 1: its place in the network
+    assert cut_seed(3, 2, 1) == 3 * 100_003 + 2 * 1_009 + 1
+    assert set(plan.kept) == {"g"} and plan.kept["g"] == sorted(sorted(range(4), key=lambda i: -scores[i])[:2])
+
+
+def test_plan_cut_l1_uses_the_given_norms():
+    plan = plan_cut(PruneConfig(width_rule="ad", select="l1"), [_group("g", 4, (4, 4, 4, 4), l1=(0.1, 3, 2, 0.5))],
+                    seed=0, epoch=1)
+    assert plan.kept == {"g": [1, 2]}

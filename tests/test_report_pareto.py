@@ -86,7 +86,7 @@ CONTROLS = [ControlInput(1, "scratch", metrics(0.80, 250, 40, 4e3), "c-old"),
 
 
 def test_trial_rows_savings_against_the_baseline():
-    rows = {r["number"]: r for r in trial_rows(TRIALS, NAMES, DIRS, CONTROLS)}
+    rows = {r["number"]: r for r in trial_rows(TRIALS, NAMES, DIRS, CONTROLS, baseline=0)}
     assert list(rows) == [0, 1, 2, 3, 4]
     base, one = rows[0], rows[1]
     assert base["baseline"] and base["accuracy_change"] == 0 and base["compression_flops"] == 1
@@ -116,7 +116,7 @@ def test_views_axes_points_and_controls():
     assert view_axes(NAMES) == [("flops", "val_top1"), ("train_flops_cum", "val_top1"), ("train_flops_cum", "flops")]
     assert view_axes(("train_flops_cum", "params", "val_top1")) == [
         ("params", "val_top1"), ("train_flops_cum", "val_top1"), ("train_flops_cum", "params")]
-    rows = trial_rows(TRIALS, NAMES, DIRS, CONTROLS)
+    rows = trial_rows(TRIALS, NAMES, DIRS, CONTROLS, baseline=0)
     first, _, last = views(rows, NAMES, CONTROLS)
     assert (first.x, first.y, last.x, last.y) == ("flops", "val_top1", "train_flops_cum", "flops")
     trials = [p for p in first.points if p.control is None]

@@ -5,7 +5,6 @@ snapshot that is not there, or that the run could not have reached, means traini
 why; the size limit says when it bites; concurrent writers never leave half a snapshot."""
 
 import dataclasses
-import json
 import multiprocessing
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 from adprune_core import checkpoint, snapshots
 from adprune_core.data import load_dataset
 from adprune_core.density import ChannelCounts
+from adprune_core.records import BnRecalibration, EpochRecord, PruneEvent, RunSummary
 from adprune_core.snapshots import Sharing, SnapshotStore, prefix_key
 from adprune_core.trainer import build_optimizer, train
 from tests.helpers import Interrupt, Watcher, small_model, tiny_config
@@ -66,20 +66,22 @@ def test_the_key_names_the_data_content_the_epoch_and_the_arithmetic(data):
     finally:
         torch.set_num_threads(threads)
     assert prefix_key(cfg, data, 2) == key
-    events = [{"epoch": 1, "kept_idxs": {"g": [0, 2]}}]
+    events = [PruneEvent(epoch=1, densities={}, widths_before={}, widths_after={}, params_before=0, params_after=0,
+                         flops_before=0, flops_after=0, kept_idxs={"g": [0, 2]}, groups={},
+                         bn_recalibration=BnRecalibration(), val_top1_after_cut=0.0)]
     assert snapshots.key_of(snapshots.key_payload(cfg, data, 2, events)) != key
 
 
 # --- forking in the trainer ------------------------------------------------------------------------------
 
 def strip_seconds(summary):
-    return [{k: v for k, v in e.items() if k != "seconds"} for e in summary["epochs"]]
+    return [{k: v for k, v in e.to_dict().items() if k != "seconds"} for e in summary.epochs]
 
 
 def assert_same_run(a, b):
     """Bitwise the same run: records (wall times aside), prune events, final metrics, weights."""
     assert strip_seconds(a.summary) == strip_seconds(b.summary)
-    assert a.summary["prune_events"] == b.summary["prune_events"] and a.summary["final"] == b.summary["final"]
+    assert a.summary.prune_events == b.summary.prune_events and a.summary.final == b.summary.final
     x, y = a.model.state_dict(), b.model.state_dict()
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
@@ -90,13 +92,13 @@ def store(tmp_path_factory, data):
     store = SnapshotStore(tmp_path_factory.mktemp("snapshots"))
     baseline = train(tiny_config(f"train.epochs={EPOCHS}", "prune.schedule=none"), data=data,
                      sharing=Sharing(store, frozenset({1, 2}), written_by="the baseline"))
-    assert baseline.summary["snapshots_written"] == [1, 2] and len(store.entries()) == 2
+    assert baseline.summary.snapshots_written == (1, 2) and len(store.entries()) == 2
     return store
 
 
 class Forks(Watcher):
     def on_fork(self, summary):
-        self.forked = [e["epoch"] for e in summary["epochs"]], summary["forked_from"]["epoch"]
+        self.forked = [e.epoch for e in summary.epochs], summary.forked_from["epoch"]
 
 
 def test_a_forked_run_is_the_run_from_scratch_also_after_an_interruption(tmp_path, data, store):
@@ -107,11 +109,11 @@ def test_a_forked_run_is_the_run_from_scratch_also_after_an_interruption(tmp_pat
     watcher = Forks()
     forked = train(cfg, data=data, callbacks=[watcher], sharing=Sharing(store, fork_at=2))
     assert watcher.forked == ([1], 2) and watcher.epochs == [2, 3]  # epoch 1 reused; 2's decision taken here
-    fork = forked.summary["forked_from"]
-    assert fork["epoch"] == 2 and fork["written_by"] == "the baseline" and "fork_skipped" not in forked.summary
-    assert fork["train_flops_cum"] == fresh.summary["epochs"][1]["train_flops_cum"]
+    fork = forked.summary.forked_from
+    assert fork["epoch"] == 2 and fork["written_by"] == "the baseline" and forked.summary.fork_skipped is None
+    assert fork["train_flops_cum"] == fresh.summary.epochs[1].train_flops_cum
     assert_same_run(fresh, forked)
-    assert len(forked.summary["prune_events"]) == 1 and forked.summary["prune_events"][0]["epoch"] == 2
+    assert len(forked.summary.prune_events) == 1 and forked.summary.prune_events[0].epoch == 2
 
     # interrupted after forking (epoch 2's checkpoint written), then resumed from its own checkpoint
     ckpt = tmp_path / "checkpoint"
@@ -121,9 +123,9 @@ def test_a_forked_run_is_the_run_from_scratch_also_after_an_interruption(tmp_pat
     resumed = train(cfg, tmp_path, data=data, callbacks=[watcher], checkpoint_dir=ckpt, resume=True,
                     sharing=Sharing(store, fork_at=2))
     assert watcher.resumed == [1, 2] and watcher.epochs == [3] and not hasattr(watcher, "forked")  # no second fork
-    assert resumed.summary["forked_from"] == fork and resumed.summary["resumed_from_epoch"] == 2
+    assert resumed.summary.forked_from == fork and resumed.summary.resumed_from_epoch == 2
     assert_same_run(fresh, resumed)
-    assert json.loads((tmp_path / "summary.json").read_text())["forked_from"]["epoch"] == 2
+    assert RunSummary.read(tmp_path / "summary.json").forked_from["epoch"] == 2
 
 
 def test_a_fork_the_run_could_not_have_reached_or_that_is_gone_trains_from_scratch(tmp_path, data, store):
@@ -132,27 +134,26 @@ def test_a_fork_the_run_could_not_have_reached_or_that_is_gone_trains_from_scrat
     cfg = tiny_config(f"train.epochs={EPOCHS}", "prune.schedule=saturation", "prune.warmup=0", "prune.patience=1",
                       "prune.density_tol=1.0")
     alone = train(cfg, data=data, sharing=Sharing(SnapshotStore(tmp_path / "elsewhere"), fork_at=2))
-    assert alone.summary["fork_skipped"].startswith("no snapshot") and "trained from scratch" in alone.summary[
-        "fork_skipped"]
-    assert [e["epoch"] for e in alone.summary["prune_events"]] == [2] and "forked_from" not in alone.summary
+    assert alone.summary.fork_skipped.startswith("no snapshot") and "trained from scratch" in alone.summary.fork_skipped
+    assert [e.epoch for e in alone.summary.prune_events] == [2] and alone.summary.forked_from is None
     forked = train(cfg, data=data, sharing=Sharing(store, fork_at=2))
-    assert forked.summary["forked_from"]["epoch"] == 2
+    assert forked.summary.forked_from["epoch"] == 2
     assert_same_run(alone, forked)
     # this run would have pruned after epoch 1: the snapshot of epoch 2 is not its prefix
     early = tiny_config(f"train.epochs={EPOCHS}", "prune.schedule=fixed", "prune.epochs=[1]")
     refused = train(early, data=data, sharing=Sharing(store, fork_at=2))
-    assert "prunes after epoch 1, before the snapshot's epoch 2" in refused.summary["fork_skipped"]
-    assert "forked_from" not in refused.summary and refused.summary["prune_events"][0]["epoch"] == 1
+    assert "prunes after epoch 1, before the snapshot's epoch 2" in refused.summary.fork_skipped
+    assert refused.summary.forked_from is None and refused.summary.prune_events[0].epoch == 1
 
 
 def test_the_size_limit_says_when_it_bites(tmp_path, data):
     store = SnapshotStore(tmp_path / "store")
     cfg = tiny_config("train.epochs=1", "prune.schedule=none")
     run = train(cfg, data=data, sharing=Sharing(store, frozenset({1}), max_bytes=1000))
-    reason = run.summary["snapshot_skipped"]
+    reason = run.summary.snapshot_skipped
     assert reason.startswith("snapshot of epoch 1 not written") and "limit is 1e-06 GB" in reason
     assert "--snapshot-gb" in reason and "make snapshots-clean" in reason
-    assert store.entries() == [] and "snapshots_written" not in run.summary
+    assert store.entries() == [] and run.summary.snapshots_written == ()
 
 
 # --- the store under concurrent writers ------------------------------------------------------------------
@@ -190,7 +191,8 @@ def test_concurrent_writers_of_one_snapshot_never_leave_half_of_it(tmp_path):
 def test_store_lists_and_removes(tmp_path):
     store = SnapshotStore(tmp_path / "store")
     model = small_model("vgg11")
-    record = {"epoch": 1, "train_loss": 1.0, "seconds": 0.5}
+    record = EpochRecord(epoch=1, lr=0.1, train_loss=1.0, train_top1=0.5, val_top1=0.5, densities={}, widths={},
+                         params=0, flops=0, train_flops_cum=10, seconds=0.5)
     cfg = tiny_config("train.epochs=2")
     data = load_dataset(cfg.data)
     optimizer = build_optimizer(model, cfg.train)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from adprune_core.records import EpochRecord
 from study.pareto import dominates, dominates_by_margin, pareto_front, pareto_trials
 from study.plots import layer_curves
 from study.stopping import DominatedTrialStopper, check_epochs, dominated_reason
@@ -48,6 +49,12 @@ def rec(epoch, val, flops, cum):
     return {"epoch": epoch, "val_top1": val, "flops": flops, "train_flops_cum": cum, "params": 1}
 
 
+def epoch_record(epoch, val, flops, cum):
+    """``rec`` as the trainer hands it to a callback."""
+    return EpochRecord(epoch=epoch, lr=0.1, train_loss=1.0, train_top1=0.5, val_top1=val, densities={}, widths={},
+                       params=1, flops=flops, train_flops_cum=cum, seconds=1.0)
+
+
 def test_dominated_reason_names_the_trial_and_values():
     mine = rec(2, 0.5, 100, 1000)
     refs = {3: rec(2, 0.52, 99, 990), 7: rec(2, 0.9, 50, 500)}
@@ -60,19 +67,27 @@ def test_dominated_reason_names_the_trial_and_values():
 def test_stopper_checks_only_its_epochs_against_completed_records():
     completed = {0: [rec(1, 0.3, 100, 100), rec(2, 0.9, 10, 150), rec(3, 0.95, 10, 160)]}
     stopper = DominatedTrialStopper(NAMES, DIRS, epochs=[2], margin=0.05, completed=completed)
-    assert stopper.on_epoch_end(rec(1, 0.1, 100, 100)) is None  # far worse, but epoch 1 is not checked
-    reason = stopper.on_epoch_end(rec(2, 0.5, 100, 200))
+    assert stopper.on_epoch_end(epoch_record(1, 0.1, 100, 100)) is None  # far worse, but epoch 1 is not checked
+    reason = stopper.on_epoch_end(epoch_record(2, 0.5, 100, 200))
     assert reason and "trial 0" in reason and stopper.reason == reason
     good = DominatedTrialStopper(NAMES, DIRS, epochs=[2], margin=0.05, completed=completed)
-    assert good.on_epoch_end(rec(2, 0.92, 10, 150)) is None  # better accuracy: not dominated
+    assert good.on_epoch_end(epoch_record(2, 0.92, 10, 150)) is None  # better accuracy: not dominated
     alone = DominatedTrialStopper(NAMES, DIRS, epochs=[2], margin=0.05, completed={})
-    assert alone.on_epoch_end(rec(2, 0.0, 1e9, 1e9)) is None  # nothing completed: nothing to compare
+    assert alone.on_epoch_end(epoch_record(2, 0.0, 1e9, 1e9)) is None  # nothing completed: nothing to compare
 
 
 def test_layer_curves_from_a_summary():
-    summary = {"epochs": [{"epoch": 1, "densities": {"a": 0.5, "b": 0.25}, "widths": {"a": 8, "b": 16}},
-                          {"epoch": 2, "densities": {"a": 0.6, "b": 0.3}, "widths": {"a": 4, "b": 8}}],
-               "prune_events": [{"epoch": 1}]}
+    from adprune_core.records import BnRecalibration, EpochRecord, PruneEvent, RunSummary
+
+    def epoch(e, densities, widths):
+        return EpochRecord(epoch=e, lr=0.1, train_loss=1.0, train_top1=0.5, val_top1=0.5, densities=densities,
+                           widths=widths, params=100, flops=200, train_flops_cum=300 * e, seconds=1.0)
+
+    cut = PruneEvent(epoch=1, densities={}, widths_before={}, widths_after={}, params_before=100, params_after=50,
+                     flops_before=200, flops_after=100, kept_idxs={}, groups={}, bn_recalibration=BnRecalibration(),
+                     val_top1_after_cut=0.4)
+    summary = RunSummary(config={}, epochs=(epoch(1, {"a": 0.5, "b": 0.25}, {"a": 8, "b": 16}),
+                                            epoch(2, {"a": 0.6, "b": 0.3}, {"a": 4, "b": 8})), prune_events=(cut,))
     curves = layer_curves(summary)
     assert curves.epochs == [1, 2] and curves.prune_epochs == [1]
     assert curves.density == {"a": [0.5, 0.6], "b": [0.25, 0.3]}

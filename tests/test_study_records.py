@@ -116,3 +116,27 @@ def test_a_refused_session_leaves_the_study_as_it_was(tmp_path, capsys):
     assert main(["worker", "--study", "tiny", "--runs-dir", str(tmp_path / "fresh")]) == 2
     assert "no Optuna storage at " in capsys.readouterr().err
     assert not (tmp_path / "fresh").exists()  # joining nothing created nothing
+
+
+def test_a_trial_record_writes_only_what_it_sets_and_reads_back_typed():
+    """``TrialRecord``: the attr names are its fields; a partial record writes just its fields (``final`` with the
+    compression figures beside it); read back, every field is typed; a broken ``final`` is one RecordError line."""
+    from types import SimpleNamespace
+
+    from adprune_core.records import FinalMetrics, RecordError
+    from study.trial_record import COMPRESSION_FLOPS_ATTR, FINAL_ATTR, RECORDS_ATTR, TrialRecord
+
+    final = FinalMetrics(status="completed", epochs_run=3, val_top1=0.5, params=10, flops=20, train_flops_cum=30,
+                         params_dense=40, flops_dense=80, prune_rounds=1, test_top1=0.45)
+    assert TrialRecord(retry_of=0).to_attrs() == {"retry_of": 0}
+    assert TrialRecord(never_pruned=False).to_attrs() == {"never_pruned": False}  # False is recorded, None is not
+    attrs = TrialRecord(baseline=True, final=final, records=({"epoch": 1, "val_top1": 0.4},)).to_attrs()
+    assert attrs[FINAL_ATTR] == final.to_dict() and attrs[COMPRESSION_FLOPS_ATTR] == 4.0
+    assert attrs[RECORDS_ATTR] == [{"epoch": 1, "val_top1": 0.4}] and attrs["baseline"] is True
+    back = TrialRecord.from_trial(SimpleNamespace(number=7, user_attrs={**attrs, "unknown": 1}))
+    assert back == TrialRecord(baseline=True, final=final, records=({"epoch": 1, "val_top1": 0.4},))
+    assert back.pruned and back.compression_flops == 4.0 and TrialRecord().compression_flops is None
+    assert back.savings(TrialRecord(final=final)).accuracy_drop == 0.0
+    with pytest.raises(RecordError) as exc:
+        TrialRecord.from_trial(SimpleNamespace(number=7, user_attrs={"final": {"val_top1": 0.5}}))
+    assert "trial 7's user attr 'final' lacks the field" in str(exc.value) and "\n" not in str(exc.value)

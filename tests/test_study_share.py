@@ -6,12 +6,14 @@ of a space, the choice of the fork, the stopper's verdict on reused records."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from adprune.cli import main
 from adprune_core.config import load_config
 from adprune_core.data import load_dataset
+from adprune_core.records import EpochRecord, FinalMetrics, RunSummary
 from adprune_core.snapshots import Sharing, SnapshotStore, save_snapshot
 from adprune_core.trainer import build_optimizer
 from reports.load import load_study_data
@@ -20,6 +22,7 @@ from reports.report import build_report
 from study.sharing import choose_fork, fork_epochs, plan_trial, sharing_totals, trial_sharing
 from study.space import load_study_config, study_config_from_dict
 from study.stopping import DominatedTrialStopper
+from study.trial_record import TrialRecord
 from tests.helpers import ROOT, TINY, load, mlflow_runs, small_model, study_cli, trial_path, write_study
 
 EPOCHS = 3
@@ -68,7 +71,7 @@ def test_a_shared_study_is_the_study_trained_from_scratch(tmp_path, capsys):
         assert sa["prune_events"] == sb["prune_events"] and sa["final"] == sb["final"]  # kept channels included
         weights = [trial_path(runs, a.number, s) / "model" / "model.safetensors" for s in ("shared", "scratch")]
         assert weights[0].read_bytes() == weights[1].read_bytes()  # the same network, bit for bit
-        assert b.user_attrs["reused_epochs"] == 0 and b.user_attrs["forked_from"] is None
+        assert b.user_attrs["reused_epochs"] == 0 and TrialRecord.from_trial(b).forked_from is None
         assert b.user_attrs["train_flops_spent"] == b.user_attrs["final"]["train_flops_cum"]
     assert {t.params.get("prune.schedule") for t in shared[1:]} == {"fixed", "interval", "saturation"}
 
@@ -87,7 +90,7 @@ def test_a_shared_study_is_the_study_trained_from_scratch(tmp_path, capsys):
         assert t.user_attrs["reused_seconds"] == pytest.approx(sum(r["seconds"] for r in writer[:e]), abs=0.5)
     assert shared[0].user_attrs["reused_epochs"] == 0  # the baseline wrote the snapshots
     assert "reused epoch" in shared_out and "reused epoch" not in scratch_out
-    totals = sharing_totals(t.user_attrs for t in shared)
+    totals = sharing_totals(shared)
     assert totals.forked == len(forked) and totals.train_flops_spent < totals.train_flops_cum
     assert f"shared prefixes: {len(forked)} of {TRIALS} trial(s) forked from a snapshot" in shared_out
     assert "shared prefixes: 0 of" in scratch_out
@@ -166,6 +169,11 @@ def records(val_top1, flops=10.0, cum=100.0, epochs=4):
             for e in range(1, epochs + 1)]
 
 
+def epoch_record(rec):
+    """A ``records`` entry as the trainer hands it to a callback or a snapshot."""
+    return EpochRecord(**rec, lr=0.1, train_loss=1.0, train_top1=0.5, densities={}, widths={}, seconds=1.0)
+
+
 def test_the_stopper_says_where_it_would_stop_without_stopping():
     names, directions = ("val_top1", "flops", "train_flops_cum"), ("maximize", "minimize", "minimize")
     # trial 7 completed: at epoch 2 it had 0.5 accuracy with half the FLOPs and compute
@@ -174,7 +182,8 @@ def test_the_stopper_says_where_it_would_stop_without_stopping():
     assert stopper.first_stop(records([0.2, 0.4, 0.7, 0.9])) == 2  # dominated at epoch 2
     assert stopper.first_stop(records([0.2, 0.6, 0.55, 0.9])) == 3  # dominated at epoch 3 (0.55 < 0.6)
     assert stopper.reason is None  # asking changed nothing
-    assert stopper.on_epoch_end(records([0.2, 0.4, 0.7, 0.9])[1]).startswith("dominated at epoch 2 by trial 7")
+    assert stopper.on_epoch_end(epoch_record(records([0.2, 0.4, 0.7, 0.9])[1])).startswith(
+        "dominated at epoch 2 by trial 7")
 
 
 def test_plan_trial_forks_before_the_first_prune_and_the_first_stop(tmp_path):
@@ -186,11 +195,11 @@ def test_plan_trial_forks_before_the_first_prune_and_the_first_stop(tmp_path):
     model = small_model("vgg11")
     store = SnapshotStore(tmp_path)
     history = [{"a": d} for d in (0.9, 0.5, 0.49)]  # moves 0.4 then 0.01
-    prefix = records([0.1, 0.2, 0.3], epochs=3)
+    prefix = [epoch_record(r) for r in records([0.1, 0.2, 0.3], epochs=3)]
     for e in (1, 2, 3):
-        record = {**prefix[e - 1], "seconds": 1.0, "train_loss": 1.0}
         save_snapshot(Sharing(store), base, data, model=model, optimizer=build_optimizer(model, base.train),
-                      group_widths={}, epochs=prefix[:e - 1], record=record, counts={}, density_history=history[:e],
+                      group_widths={}, epochs=prefix[:e - 1], record=prefix[e - 1], counts={},
+                      density_history=history[:e],
                       train_flops_cum=100 * e)
 
     def plan(*overrides, stopper=None):
@@ -212,17 +221,23 @@ def test_plan_trial_forks_before_the_first_prune_and_the_first_stop(tmp_path):
 
 
 def test_trial_sharing_accounting():
-    summary = {"final": {"train_flops_cum": 1000},
-               "forked_from": {"epoch": 3, "key": "ab" * 32, "written_by": "study 'x' trial 0",
-                               "train_flops_cum": 600, "seconds": 12.5}}
-    assert trial_sharing(summary) == {"reused_epochs": 3, "forked_from": "study 'x' trial 0, epoch 3 (snapshot "
-                                      "abababababab)", "train_flops_spent": 400, "reused_seconds": 12.5}
-    assert trial_sharing({"final": {"train_flops_cum": 1000}}) == {
-        "reused_epochs": 0, "forked_from": None, "train_flops_spent": 1000, "reused_seconds": 0.0}
-    totals = sharing_totals([{"reused_epochs": 3, "train_flops_spent": 400, "reused_seconds": 12.5,
-                              "final": {"train_flops_cum": 1000}},
-                             {"reused_epochs": 0, "train_flops_spent": 1000, "final": {"train_flops_cum": 1000}},
-                             {"records": []}])  # a trial that never finished: left out
+    final = FinalMetrics(status="completed", epochs_run=5, val_top1=0.5, params=10, flops=20, train_flops_cum=1000,
+                         params_dense=40, flops_dense=80, prune_rounds=1)
+    summary = RunSummary(config={}, final=final,
+                         forked_from={"epoch": 3, "key": "ab" * 32, "written_by": "study 'x' trial 0",
+                                      "train_flops_cum": 600, "seconds": 12.5})
+    assert trial_sharing(summary) == TrialRecord(reused_epochs=3, forked_from="study 'x' trial 0, epoch 3 (snapshot "
+                                                 "abababababab)", train_flops_spent=400, reused_seconds=12.5)
+    assert trial_sharing(RunSummary(config={}, final=final)) == TrialRecord(
+        reused_epochs=0, forked_from=None, train_flops_spent=1000, reused_seconds=0.0)
+
+    def trial(number, record):
+        return SimpleNamespace(number=number, user_attrs=record.to_attrs())
+
+    totals = sharing_totals([trial(1, TrialRecord(reused_epochs=3, train_flops_spent=400, reused_seconds=12.5,
+                                                  final=final)),
+                             trial(2, TrialRecord(reused_epochs=0, train_flops_spent=1000, final=final)),
+                             trial(3, TrialRecord(records=()))])  # a trial that never finished: left out
     assert (totals.trials, totals.forked, totals.reused_epochs) == (2, 1, 3)
     assert (totals.train_flops_cum, totals.train_flops_spent, totals.train_flops_saved) == (2000, 1400, 600)
     assert totals.compute_ratio == pytest.approx(2000 / 1400) and totals.reused_seconds == 12.5

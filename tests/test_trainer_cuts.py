@@ -15,7 +15,9 @@ from adprune_core.errors import ConfigError
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
 from adprune_core.recalibrate import recalibrate_batchnorm
-from adprune_core.trainer import evaluate, train
+from adprune_core.records import BnRecalibration
+from adprune_core.runtime import evaluate
+from adprune_core.trainer import train
 from tests.helpers import tiny_config
 
 # Enough real training that a cut network's accuracy means something: a VGG-11 at width 0.25 reaches
@@ -56,10 +58,10 @@ def test_recalibration_estimates_the_exact_batch_statistics_and_touches_nothing_
 
 def test_right_after_a_cut_recalibrated_statistics_score_well_above_chance_and_inherited_ones_do_not():
     on = train(load_config(None, LEARNS)).summary  # recalibration on: the default
-    chance = 1 / on["dataset"]["num_classes"]
-    assert on["epochs"][1]["val_top1"] > 5 * chance  # the network had learned before the cut
-    event = on["prune_events"][0]
-    stale, recalibrated = event["bn_recalibration"]["val_top1_before"], event["val_top1_after_cut"]
+    chance = 1 / on.dataset["num_classes"]
+    assert on.epochs[1].val_top1 > 5 * chance  # the network had learned before the cut
+    event = on.prune_events[0]
+    stale, recalibrated = event.bn_recalibration.val_top1_before, event.val_top1_after_cut
     assert recalibrated > 3 * chance
     assert stale < 2.5 * chance
     assert recalibrated > stale + 0.15
@@ -69,19 +71,19 @@ def test_recalibration_is_counted_in_training_compute_and_leaves_the_training_st
     cfg = tiny_config("train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1]", "data.train_size=128")
     on = train(cfg).summary
     off = train(cfg.replace(prune=dataclasses.replace(cfg.prune, bn_recalibrate=False))).summary
-    bn = on["prune_events"][0]["bn_recalibration"]
-    assert bn["images"] == 128 and bn["flops"] == 128 * on["prune_events"][0]["flops_after"]  # all 128 < 512
-    assert off["prune_events"][0]["bn_recalibration"] == {"images": 0, "flops": 0}
-    assert on["final"]["train_flops_cum"] - off["final"]["train_flops_cum"] == bn["flops"]
+    bn = on.prune_events[0].bn_recalibration
+    assert bn.images == 128 and bn.flops == 128 * on.prune_events[0].flops_after  # all 128 < 512
+    assert off.prune_events[0].bn_recalibration == BnRecalibration(images=0, flops=0)
+    assert on.final.train_flops_cum - off.final.train_flops_cum == bn.flops
     # its own generator, no weight update, batch statistics in training: every training step is the same
-    assert [e["train_loss"] for e in on["epochs"]] == [e["train_loss"] for e in off["epochs"]]
-    assert on["epochs"][0]["val_top1"] == off["epochs"][0]["val_top1"]
+    assert [e.train_loss for e in on.epochs] == [e.train_loss for e in off.epochs]
+    assert on.epochs[0].val_top1 == off.epochs[0].val_top1
 
 
 def test_recalibration_is_deterministic():
     cfg = tiny_config("train.epochs=2", "prune.schedule=fixed", "prune.epochs=[1]", "data.train_size=128")
-    a, b = (train(cfg).summary["prune_events"][0] for _ in range(2))
-    assert a["bn_recalibration"] == b["bn_recalibration"] and a["val_top1_after_cut"] == b["val_top1_after_cut"]
+    a, b = (train(cfg).summary.prune_events[0] for _ in range(2))
+    assert a.bn_recalibration == b.bn_recalibration and a.val_top1_after_cut == b.val_top1_after_cut
 
 
 # --- the density meter's hooks --------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def test_each_measured_activation_has_one_hook_after_any_number_of_cuts_and_the_
         assert hooks(state.model) == dict.fromkeys(state.graph.activations, 1), epoch
 
     result = train(cfg)
-    assert len(result.summary["prune_events"]) == 3
+    assert len(result.summary.prune_events) == 3
     assert hooks(result.model) == {}
 
 
@@ -116,8 +118,8 @@ def test_a_cut_that_does_not_pay_keeps_measuring_the_uncut_network():
     cfg = tiny_config("train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1,2]", "prune.width_scale=100",
                       "prune.min_gain=0.5")
     summary = train(cfg).summary
-    assert summary["prune_events"] == [] and summary["final"]["prune_rounds"] == 0
-    assert all(e["densities"] for e in summary["epochs"])  # every epoch still measured, after the refused cut
+    assert summary.prune_events == () and summary.final.prune_rounds == 0
+    assert all(e.densities for e in summary.epochs)  # every epoch still measured, after the refused cut
 
 
 # --- the record of a cut ------------------------------------------------------------------------------------
@@ -127,24 +129,24 @@ def test_every_group_width_can_be_recomputed_from_the_prune_event(rule):
     cfg = tiny_config("model.name=resnet18", "train.epochs=2", "prune.schedule=fixed", "prune.epochs=[1]",
                       f"prune.width_rule={rule}", "prune.width_scale=1.3", "prune.channel_threshold=0.45",
                       "prune.round_to=2", "prune.group_density=mean")
-    event = train(cfg).summary["prune_events"][0]
+    event = train(cfg).summary.prune_events[0]
     p = cfg.prune
-    groups = event["groups"]
-    assert set(groups) == set(event["kept_idxs"])
+    groups = event.groups
+    assert set(groups) == set(event.kept_idxs)
     for name, g in groups.items():
         if rule == "ad":
-            want = policy.new_width(g["density"], g["width_before"], width_scale=p.width_scale,
+            want = policy.new_width(g.density, g.width_before, width_scale=p.width_scale,
                                     min_channels=p.min_channels, round_to=p.round_to)
         else:
-            want = min(g["width_before"], math.ceil(max(p.min_channels, g["at_threshold"]) / p.round_to) * p.round_to)
-        assert len(event["kept_idxs"][name]) == want, name
-        assert 0 < g["density"] < 1
+            want = min(g.width_before, math.ceil(max(p.min_channels, g.at_threshold) / p.round_to) * p.round_to)
+        assert len(event.kept_idxs[name]) == want, name
+        assert 0 < g.density < 1
     # the residual stream of layer1 is one group (conv1, layer1.0.conv2, layer1.1.conv2): one width for its three
     # layers, from the pooled density of their three activations (equal sizes here: the plain mean)
     tied = ("conv1", "layer1.0.conv2", "layer1.1.conv2")
-    assert {event["widths_after"][lay] for lay in tied} == {len(event["kept_idxs"]["conv1"])}
-    assert groups["conv1"]["density"] == pytest.approx(sum(event["densities"][lay] for lay in tied) / 3)
-    assert len({event["densities"][lay] for lay in tied}) == 3  # which no single layer's density would give
+    assert {event.widths_after[lay] for lay in tied} == {len(event.kept_idxs["conv1"])}
+    assert groups["conv1"].density == pytest.approx(sum(event.densities[lay] for lay in tied) / 3)
+    assert len({event.densities[lay] for lay in tied}) == 3  # which no single layer's density would give
 
 
 # --- test_top1 --------------------------------------------------------------------------------------------------
@@ -154,12 +156,12 @@ def test_test_top1_is_measured_once_at_the_end_on_the_untouched_test_split():
     data = load_dataset(cfg.data)
     result = train(cfg, data=data)
     s = result.summary
-    assert s["dataset"]["val_split"] == "held out of the training images" and s["dataset"]["val_size"] == 64
-    assert s["dataset"]["test_size"] == 128 and s["dataset"]["train_size"] == 192
-    assert all("test_top1" not in e for e in s["epochs"])
+    assert s.dataset["val_split"] == "held out of the training images" and s.dataset["val_size"] == 64
+    assert s.dataset["test_size"] == 128 and s.dataset["train_size"] == 192
+    assert all("test_top1" not in e.to_dict() for e in s.epochs)
     test = DeviceLoader(data.test_images, data.test_labels, batch_size=64, device="cpu", mean=data.mean,
                         std=data.std, train=False)
-    assert s["final"]["test_top1"] == evaluate(result.model, test)
+    assert s.final.test_top1 == evaluate(result.model, test)
 
     # the test labels reach nothing but test_top1: shuffled, every epoch and the cut are the same
     shuffled = dataclasses.replace(data, test_labels=data.test_labels[torch.randperm(128,
@@ -167,14 +169,14 @@ def test_test_top1_is_measured_once_at_the_end_on_the_untouched_test_split():
     other = train(cfg, data=shuffled).summary
 
     def timeless(epochs):
-        return [{k: v for k, v in e.items() if k != "seconds"} for e in epochs]
+        return [dataclasses.replace(e, seconds=0) for e in epochs]
 
-    assert timeless(other["epochs"]) == timeless(s["epochs"]) and other["prune_events"] == s["prune_events"]
-    assert other["final"]["test_top1"] != s["final"]["test_top1"]
+    assert timeless(other.epochs) == timeless(s.epochs) and other.prune_events == s.prune_events
+    assert other.final.test_top1 != s.final.test_top1
 
     no_holdout = train(tiny_config("train.epochs=1", "prune.schedule=none")).summary
-    assert no_holdout["dataset"]["val_split"] == "the dataset's evaluation split"
-    assert no_holdout["final"]["test_top1"] == no_holdout["final"]["val_top1"]
+    assert no_holdout.dataset["val_split"] == "the dataset's evaluation split"
+    assert no_holdout.final.test_top1 == no_holdout.final.val_top1
 
 
 # --- width_plan: another run's widths, other channels ------------------------------------------------------------
@@ -183,13 +185,13 @@ def test_a_width_plan_replays_a_residual_networks_widths_with_other_channels():
     cfg = tiny_config("model.name=resnet18", "train.epochs=3", "prune.schedule=fixed", "prune.epochs=[1,2]",
                       "prune.width_scale=0.9")
     trial = train(cfg).summary
-    plan = {e["epoch"]: {g: len(kept) for g, kept in e["kept_idxs"].items()} for e in trial["prune_events"]}
+    plan = {e.epoch: {g: len(kept) for g, kept in e.kept_idxs.items()} for e in trial.prune_events}
     replay_cfg = cfg.replace(prune=dataclasses.replace(cfg.prune, select="random", width_rule="threshold",
                                                        min_gain=0.0))
     replay = train(replay_cfg, width_plan=plan).summary
-    assert [e["widths_after"] for e in replay["prune_events"]] == [e["widths_after"] for e in trial["prune_events"]]
-    assert replay["final"]["flops"] == trial["final"]["flops"] and replay["width_plan"] == {
+    assert [e.widths_after for e in replay.prune_events] == [e.widths_after for e in trial.prune_events]
+    assert replay.final.flops == trial.final.flops and replay.width_plan == {
         str(e): w for e, w in plan.items()}
-    assert replay["prune_events"][0]["kept_idxs"] != trial["prune_events"][0]["kept_idxs"]
+    assert replay.prune_events[0].kept_idxs != trial.prune_events[0].kept_idxs
     with pytest.raises(ConfigError, match=r"width_plan: replaying widths at epochs \[1, 2\] needs prune.sched"):
         train(cfg.replace(prune=dataclasses.replace(cfg.prune, epochs=(1,))), width_plan=plan)

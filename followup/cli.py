@@ -107,7 +107,8 @@ def control_kinds(text: str | None, uniform: bool) -> list[str]:
 
 def _controlled_trials(view, args: argparse.Namespace) -> list:
     """The trials ``--trial`` / ``--knee`` / ``--picks`` name (exactly one of them)."""
-    from followup.pick import knee_choice, mlflow_client
+    from followup.pick import knee_choice
+    from followup.registry import mlflow_client
     from reports.load import picked_trials
     from reports.trial_lookup import completed_trial
     from study.trial_record import TrialRecord
@@ -133,7 +134,7 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
 
 def _run_control(args: argparse.Namespace) -> int:
     from followup.control import comparison_text, control_seeds, run_controls
-    from followup.pick import mlflow_client
+    from followup.registry import mlflow_client
     from reports.trial_lookup import open_study_view
 
     view = open_study_view(stores_from_args(args), args.study)

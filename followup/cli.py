@@ -40,7 +40,7 @@ def _warn(text: str) -> None:
 
 def _run_pick(args: argparse.Namespace) -> int:
     from followup.pick import choose_trial, default_out_dir, fewer, pick
-    from reports.trial_lookup import open_study_view
+    from reports.study_view import open_study_view
 
     view = open_study_view(stores_from_args(args), args.study)
     trial, reason = choose_trial(view, args.trial, args.knee)
@@ -135,7 +135,7 @@ def _controlled_trials(view, args: argparse.Namespace) -> list:
 def _run_control(args: argparse.Namespace) -> int:
     from followup.control import comparison_text, control_seeds, run_controls
     from followup.registry import mlflow_client
-    from reports.trial_lookup import open_study_view
+    from reports.study_view import open_study_view
 
     view = open_study_view(stores_from_args(args), args.study)
     view.stores.check_writable()  # controls train into the runtime folder and log to the study's MLflow store

@@ -52,7 +52,8 @@ from adprune_core.models import TORCHVISION_PREFIX, build_model
 from adprune_core.records import SUMMARY_FILE, FinalMetrics, RunSummary
 from adprune_core.trainer import train
 from reports.pareto import CONTROL_KINDS
-from reports.trial_lookup import StudyView, trial_model_dir
+from reports.study_view import StudyView
+from reports.trial_lookup import trial_model_dir
 from study.plots import layer_curves, render
 from study.stores import location
 from study.tracking import PLOT_FILE, TrialRun, flatten

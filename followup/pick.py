@@ -48,7 +48,8 @@ from followup.onnx_export import ONNX_FILE, export_onnx, fixed_input
 from followup.registry import Registration, download_registered, mlflow_client, register, unregister
 from reports.knee import FrontPoint, Knee, find_knee
 from reports.load import MODEL_PREFIX, pick_alias, registered_model_name
-from reports.trial_lookup import StudyView, completed_trial, pareto_note, trial_model_dir
+from reports.study_view import StudyView
+from reports.trial_lookup import completed_trial, pareto_note, trial_model_dir
 from study.stores import redact
 from study.trial_record import TrialRecord
 

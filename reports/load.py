@@ -8,6 +8,7 @@ control runs tagged ``adprune.role=control``), the trainer output ``summary.json
 ``out_dir`` (read as ``adprune_core.records.RunSummary``), and the picks: registered model
 ``adprune-<study>`` (``registered_model_name``) with aliases ``trial-<n>``.
 
+The study is opened by ``reports.study_view.open_study_view``, the one way pick and control open it too.
 Nothing here writes to either store (a missing store file is reported, never created).
 User errors (no storage, unknown study, ambiguous study) raise ``ConfigError``; a damaged ``summary.json``
 raises ``RecordError`` (one line naming the trial, the file and the fix).
@@ -21,15 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 
 from adprune_core.errors import ConfigError
 from adprune_core.records import SUMMARY_FILE, RecordError, RunSummary
-from reports.pareto import CONTROL_KINDS, METRICS, REPORTED, ControlInput, TrialInput
+from reports.pareto import CONTROL_KINDS, REPORTED, ControlInput, TrialInput
+from reports.study_view import StudyView, open_study_view
 from study.stores import Stores, location, sqlite_path
 from study.trial_record import TrialRecord
-from study.trials import stored_objective_names
 
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
 _PICK_ALIAS = re.compile(r"^trial-(\d+)$")
@@ -38,49 +38,6 @@ _PICK_ALIAS = re.compile(r"^trial-(\d+)$")
 def pick_alias(number: int) -> str:
     """The registry alias of the newest pick of trial ``number``: ``trial-<n>`` (matched by ``_PICK_ALIAS``)."""
     return f"trial-{number}"
-
-
-def open_storage(where: Stores | str | Path) -> Any:
-    """The Optuna storage of ``Stores.of(where)`` (``study.trials.optuna_storage``); ``ConfigError`` when an
-    embedded storage does not exist (Optuna would create an empty one) or cannot be opened."""
-
-    from study.trials import optuna_storage
-
-    stores = Stores.of(where)
-    path = sqlite_path(stores.optuna_url)
-    if path is not None and not path.is_file():
-        raise ConfigError(f"no Optuna storage at {path}; run a study first (make study), or pass its folder with "
-                          "--runs-dir (make ... RUNS_DIR=dir) or its URL with --storage (make ... STORAGE=url)")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna_storage(stores)
-
-
-def study_names(where: Stores | str | Path, storage: Any = None) -> list[str]:
-    """The names of the studies in the Optuna storage, sorted: ``storage`` when given (opened by
-    ``open_storage``), else ``open_storage(where)``."""
-
-    return sorted(optuna.get_all_study_names(storage if storage is not None else open_storage(where)))
-
-
-def resolve_study(where: Stores | str | Path, name: str | None, storage: Any = None) -> str:
-    """``name`` when the storage holds it; without a name, the storage's only study. ``storage``: the
-    opened Optuna storage of ``where`` (``open_storage``), opened here when not given.
-
-    ConfigError names the known studies when ``name`` is unknown, or when there are several and no name.
-    """
-    stores = Stores.of(where)
-    names = study_names(stores, storage)
-    at = location(stores.optuna_url)
-    if not names:
-        raise ConfigError(f"no studies in {at}; run one first (make study)")
-    if name is None:
-        if len(names) == 1:
-            return names[0]
-        raise ConfigError(f"{at} holds {len(names)} studies ({', '.join(names)}); name one with --study NAME "
-                          "(make ... STUDY=NAME)")
-    if name not in names:
-        raise ConfigError(f"unknown study {name!r} in {at}; known: {', '.join(names)}")
-    return name
 
 
 def run_url(base_url: str, experiment_id: str | None, run_id: str | None) -> str | None:
@@ -94,16 +51,12 @@ def run_url(base_url: str, experiment_id: str | None, run_id: str | None) -> str
 
 
 @dataclass
-class StudyData:
-    """A study as read from both stores. ``runs``: one row per MLflow run of the study's experiment
-    (columns ``run_id``, ``run_name``, ``status``, ``start_time``, ``tags.<key>``, ``metrics.<key>``;
-    empty without an MLflow store)."""
+class StudyRuns:
+    """A study as the report reads it: the study (``StudyView``, opened the one way) and its MLflow runs.
+    ``runs``: one row per MLflow run of the study's experiment (columns ``run_id``, ``run_name``,
+    ``status``, ``start_time``, ``tags.<key>``, ``metrics.<key>``; empty without an MLflow store)."""
 
-    name: str
-    runs_dir: Path
-    names: tuple[str, ...]
-    directions: tuple[str, ...]
-    trials: list[Any]  # optuna FrozenTrials, by number
+    view: StudyView
     runs: pd.DataFrame
     experiment_id: str | None = None
     parent_run_id: str | None = None
@@ -111,6 +64,28 @@ class StudyData:
     mlflow_url: str = DEFAULT_MLFLOW_URL
     notes: list[str] = field(default_factory=list)  # what could not be read, for the report
     client: Any = None  # the MlflowClient of the store, None without one
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.view.runs_dir
+
+    @property
+    def trials(self) -> list[Any]:
+        """Optuna FrozenTrials, by number."""
+        return self.view.trials
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The objective names, one per direction."""
+        return self.view.objective_names
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return self.view.directions
 
     def url(self, run_id: str | None) -> str | None:
         return run_url(self.mlflow_url, self.experiment_id, run_id) if run_id in self.run_ids else None
@@ -121,23 +96,17 @@ class StudyData:
 
 
 def load_study_data(where: Stores | str | Path, name: str | None = None,
-                    mlflow_url: str = DEFAULT_MLFLOW_URL) -> StudyData:
-    """Read study ``name`` (see ``resolve_study``) and its MLflow runs from its stores (``Stores.of(where)``)."""
+                    mlflow_url: str = DEFAULT_MLFLOW_URL) -> StudyRuns:
+    """Study ``name`` (``open_study_view``) and its MLflow runs, from its stores (``Stores.of(where)``)."""
 
     from study.tracking import mlflow_client
 
-    stores = Stores.of(where)
-    storage = open_storage(stores)
-    name = resolve_study(stores, name, storage)
-    study = optuna.load_study(study_name=name, storage=storage)
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    if not trials:
+    view = open_study_view(where, name)
+    stores, name = view.stores, view.name
+    if not view.trials:
         raise ConfigError(f"study {name!r} in {location(stores.optuna_url)} has no trials yet; run it (make study)")
-    directions = tuple(d.name.lower() for d in study.directions)
-    data = StudyData(name=name, runs_dir=stores.runs_dir,
-                     names=objective_names(study, name),
-                     directions=directions, trials=trials, runs=pd.DataFrame(columns=["run_id"]),
-                     parent_run_id=study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
+    data = StudyRuns(view=view, runs=pd.DataFrame(columns=["run_id"]),
+                     parent_run_id=view.study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
     tracking = location(stores.tracking_uri)
     path = sqlite_path(stores.tracking_uri)
     if path is not None and not path.is_file():
@@ -154,19 +123,13 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
     return data
 
 
-def objective_names(study: optuna.Study, name: str) -> tuple[str, ...]:
-    """The objective names of study ``name`` (``study.trials.stored_objective_names``), checked: one per
-    direction, each a metric the trainer records; a ConfigError for a study not made by ``adprune study``."""
-    names = stored_objective_names(study) or ()
-    n = len(study.directions)
-    if len(names) != n or not set(names) <= set(METRICS):
-        raise ConfigError(f"study {name!r} records objectives {list(names)!r}, not {n} of {', '.join(METRICS)}; "
-                          "it was not made by adprune study, which the report needs")
-    return names
-
 
 def runs_frame(client: Any, experiment_id: str) -> pd.DataFrame:
-    """Every (active) run of the experiment as a row, like ``mlflow.search_runs`` but on our client."""
+    """Every (active) run of the experiment as a row, like ``mlflow.search_runs`` but on ``client``.
+
+    Not ``mlflow.search_runs`` itself: it reads the process-wide tracking URI (``mlflow.set_tracking_uri``),
+    which a report of one study's stores (a runs folder, or a server named on the command line) must not
+    change for its caller; the columns are those of ``mlflow.search_runs`` that the report reads."""
     rows, token = [], None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
@@ -205,7 +168,7 @@ def picked_trials(client: Any, study: str) -> set[int]:
 
 # --- into the analysis's inputs ----------------------------------------------------------------------
 
-def trial_inputs(data: StudyData) -> list[TrialInput]:
+def trial_inputs(data: StudyRuns) -> list[TrialInput]:
     """Every trial as ``reports.pareto.TrialInput``: final metrics from its ``TrialRecord.final``."""
     from study.pareto import feasible
 
@@ -228,7 +191,7 @@ def trial_inputs(data: StudyData) -> list[TrialInput]:
     return out
 
 
-def control_inputs(data: StudyData) -> list[ControlInput]:
+def control_inputs(data: StudyRuns) -> list[ControlInput]:
     """Control runs (tag ``adprune.role=control``) with ``final/<metric>`` metrics and their seed (tag
     ``adprune.control_seed``; None for runs from before it), oldest first."""
     if "tags.adprune.role" not in data.runs:
@@ -253,7 +216,7 @@ def control_inputs(data: StudyData) -> list[ControlInput]:
 
 # --- one trial's history -----------------------------------------------------------------------------
 
-def trial_history(data: StudyData, trial: Any) -> tuple[list[dict[str, Any]], list[int], str]:
+def trial_history(data: StudyRuns, trial: Any) -> tuple[list[dict[str, Any]], list[int], str]:
     """A trial's per-epoch records (``epoch``, ``widths``, ``densities``), its prune epochs, and where they
     were read: the ``summary.json`` in its ``out_dir`` (as stored, else under ``<runs>/studies/<study>/[<key>/]``),
     else its MLflow run's ``width/<layer>`` and ``density/<layer>`` metrics; ([], [], "") if neither."""

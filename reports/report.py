@@ -1,4 +1,4 @@
-"""Compute a study's report: ``StudyData`` (``reports.load``) -> ``Report``, a plain data object that
+"""Compute a study's report: ``StudyRuns`` (``reports.load``) -> ``Report``, a plain data object that
 ``reports.render`` writes out. Nothing here draws or writes files.
 
 What goes in, and where each number comes from, is documented in ``docs/report.md``.
@@ -14,7 +14,7 @@ from typing import Any
 from adprune_core.records import Savings
 from reports import health
 from reports.health import EdgeHit, HypervolumeScale, Importances
-from reports.load import StudyData, control_inputs, trial_history, trial_inputs
+from reports.load import StudyRuns, control_inputs, trial_history, trial_inputs
 from reports.pareto import (
     ControlInput,
     ControlSummary,
@@ -78,7 +78,7 @@ class Report:
             if row else None
 
 
-def build_report(data: StudyData) -> Report:
+def build_report(data: StudyRuns) -> Report:
     """The report of ``data``; reads the Pareto trials' histories (``reports.load.trial_history``)."""
     inputs = trial_inputs(data)
     controls = control_inputs(data)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from adprune_core.cli import Command
 from adprune_core.files import check_writable_dir
-from reports.load import DEFAULT_MLFLOW_URL, StudyData, load_study_data
+from reports.load import DEFAULT_MLFLOW_URL, StudyRuns, load_study_data
 from reports.render import write_report
 from reports.report import Report, build_report
 from study.cli import add_store_args, stores_from_args
@@ -34,7 +34,9 @@ def report_dir(runs_dir: str | Path, study: str) -> Path:
 
 
 @dataclass
-class ReportResult:
+class WrittenReport:
+    """A report written to disk (and logged to the study's MLflow run when it has one)."""
+
     report: Report
     paths: list[Path]  # index.html, summary.md, trials.csv, pareto.csv
     logged_to: str | None  # the parent run id the files were logged to, if any
@@ -42,7 +44,7 @@ class ReportResult:
 
 
 def make_report(where: Stores | str | Path, study: str | None = None, out_dir: str | Path | None = None,
-                mlflow_url: str | None = None, log_to_mlflow: bool = True) -> ReportResult:
+                mlflow_url: str | None = None, log_to_mlflow: bool = True) -> WrittenReport:
     """Load -> compute -> write -> log, from the study's stores (``Stores.of(where)``). ``out_dir``
     defaults to ``report_dir(runs_dir, study)``; ``mlflow_url`` (the UI the links point to) to the
     tracking server, or ``make ui``'s address for embedded stores."""
@@ -54,10 +56,10 @@ def make_report(where: Stores | str | Path, study: str | None = None, out_dir: s
     report = build_report(data)
     paths = write_report(report, out_dir or report_dir(stores.runs_dir, data.name))
     logged = log_report(data, paths) if log_to_mlflow else None
-    return ReportResult(report, paths, logged, time.perf_counter() - start)
+    return WrittenReport(report, paths, logged, time.perf_counter() - start)
 
 
-def log_report(data: StudyData, paths: list[Path]) -> str | None:
+def log_report(data: StudyRuns, paths: list[Path]) -> str | None:
     """Log ``paths`` to the study's parent MLflow run under ``report/``; the run id, or None without one."""
     if not data.parent_run_id or data.parent_run_id not in data.run_ids:
         return None

@@ -1,4 +1,4 @@
-"""Finding a study and one of its trials in the runtime folder, for ``adprune pick`` and ``adprune control``.
+"""One trial of an opened study (``reports.study_view``), for ``adprune pick`` and ``adprune control``.
 
 Reads the stores ``study.runner`` writes (``study.stores``: embedded in the runtime folder, or servers);
 never creates one.
@@ -9,61 +9,15 @@ Every user mistake (no store, unknown study, trial out of range, a trial without
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adprune_core.errors import ADPruneError
-from reports.load import objective_names, open_storage, resolve_study
-from study.pareto import completed_baseline, feasible, pareto_trials
-from study.stores import Stores
+from reports.study_view import StudyView
+from study.pareto import feasible
 from study.trial_record import TrialRecord
-
-
-@dataclass
-class StudyView:
-    """A loaded study: its name, runtime folder, trials (by number), objectives and stores."""
-
-    name: str
-    runs_dir: Path
-    study: optuna.Study
-    trials: list[FrozenTrial]
-    objective_names: tuple[str, ...]
-    directions: tuple[str, ...]
-    stores: Stores
-
-    @property
-    def pareto(self) -> list[FrozenTrial]:
-        """The COMPLETE, feasible, non-dominated trials (``study.pareto.pareto_trials``)."""
-        return pareto_trials(self.trials, self.directions)
-
-    @property
-    def baseline(self) -> FrozenTrial | None:
-        """The last COMPLETE dense baseline (the one trials' accuracy drops were measured against)."""
-        return completed_baseline(self.trials)
-
-    @property
-    def size_objective(self) -> str:
-        """``flops`` or ``params``: the size the study minimises (flops when it has both or neither)."""
-        return "params" if "params" in self.objective_names and "flops" not in self.objective_names else "flops"
-
-    def pareto_numbers(self) -> str:
-        numbers = [str(t.number) for t in self.pareto]
-        return ", ".join(numbers) if numbers else "none"
-
-
-def open_study_view(where: Stores | str | Path, name: str | None) -> StudyView:
-    """Study ``name`` from its stores (``Stores.of(where)``); without a name, the storage's only study."""
-    stores = Stores.of(where)
-    storage = open_storage(stores)
-    name = resolve_study(stores, name, storage)
-    study = optuna.load_study(study_name=name, storage=storage)
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    directions = tuple(d.name.lower() for d in study.directions)
-    return StudyView(name, stores.runs_dir, study, trials, objective_names(study, name), directions, stores)
 
 
 def completed_trial(view: StudyView, number: int) -> FrozenTrial:

@@ -51,6 +51,7 @@ from study.stores import (
     stores_lock,
 )
 from study.tracking import StudyTracker
+from study.trial_record import TrialRecord
 from study.trials import (
     DEAD_WORKER_REASON,
     FINISHED,
@@ -70,7 +71,9 @@ from study.workers import optimize_until_target, wait_for_workers
 
 
 @dataclass
-class StudyReport:
+class SessionOutcome:
+    """What one ``run_study``/``join_study`` session did, for the closing summary and the tests."""
+
     name: str
     existing: int  # counted trials before this session (see ``counted_trials``)
     ran: int  # trials run in this session
@@ -93,7 +96,7 @@ def study_record(cfg: StudyConfig) -> dict[str, Any]:
 def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str | Path, progress: bool = True,
               log: Any = print, workers: int = 1,
               spawn: Callable[[int, str], subprocess.Popen] | None = None,
-              snapshots: str | Path | None = None) -> StudyReport:
+              snapshots: str | Path | None = None) -> SessionOutcome:
     """Run (or resume) study ``name`` until it holds ``n_trials`` trials; see the module docstring.
 
     ``stores``: where the study lives (``study.stores.Stores``; a runtime folder means its embedded
@@ -210,10 +213,10 @@ def run_study(cfg: StudyConfig, name: str, n_trials: int, stores: Stores | str |
     return _report(study, cfg, name, finished, to_run)
 
 
-def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran: int) -> StudyReport:
+def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran: int) -> SessionOutcome:
     trials = study.get_trials(deepcopy=False)
     retried = sorted({n for t in trials for n in retry_history(t)})
-    return StudyReport(name=name, existing=finished, ran=ran,
+    return SessionOutcome(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
                        pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)],
                        retried=retried, sharing=sharing_totals(t for t in trials if t.state in FINISHED))
@@ -227,12 +230,13 @@ def _state_counts(trials: list[optuna.trial.FrozenTrial]) -> str:
 
 def _warn_epochs(trials: list[optuna.trial.FrozenTrial], cfg: StudyConfig, log: Any) -> None:
     base = completed_baseline(trials)
-    if base is not None and base.user_attrs.get("epochs") != cfg.trainer.train.epochs:
-        log(f"note: the baseline ran {base.user_attrs.get('epochs')} epochs, new trials run "
+    epochs = TrialRecord.from_trial(base).epochs if base is not None else None
+    if base is not None and epochs != cfg.trainer.train.epochs:
+        log(f"note: the baseline ran {epochs} epochs, new trials run "
             f"{cfg.trainer.train.epochs}: their savings and accuracy drop are measured against it anyway")
 
 
-def format_report(report: StudyReport, names: tuple[str, ...]) -> str:
+def format_report(report: SessionOutcome, names: tuple[str, ...]) -> str:
     """The command's closing summary: counts and the Pareto front as a small table."""
     states = [t["state"] for t in report.trials]
     retried = f", {len(report.retried)} of them retried after their worker died" if report.retried else ""

@@ -39,6 +39,7 @@ from study.pareto import pareto_trials
 from study.runner import run_study
 from study.sharing import sharing_totals
 from study.space import load_study_config
+from study.trial_record import TrialRecord
 from study.trials import open_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def run_case(case: Case, trials: int, tmp: Path, share: bool) -> Result:
 def same_trials(a: list[Any], b: list[Any]) -> bool:
     """Trial by trial: params, state, values and the per-epoch records (wall times are not recorded there)."""
     def key(t: Any) -> tuple:
-        return t.number, t.params, t.state, t.values, t.user_attrs.get("records")
+        return t.number, t.params, t.state, t.values, TrialRecord.from_trial(t).records
 
     return len(a) == len(b) and all(key(x) == key(y) for x, y in zip(a, b))
 

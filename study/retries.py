@@ -4,8 +4,8 @@ A retry is a WAITING copy of the trial, as Optuna's ``RetryHeartbeatStaleTrialCa
 same params, the system attrs ``failed_trial`` (the first trial of the series) and ``retry_history``
 (every earlier trial of the series, oldest first), so ``retry_history`` and the counting in
 ``study.trials`` read both kinds alike. Unlike Optuna's copy, it does not inherit what belonged to the
-dead run (``RUN_ATTRS``: its MLflow run id, records, reasons, output folder...): a retry is a new run of
-the same trial, with its own MLflow run, that continues from the dead run's last epoch checkpoint
+dead run (``study.trial_record.RUN_ATTRS``: its MLflow run id, records, reasons, output folder...): a retry
+is a new run of the same trial, with its own MLflow run, that continues from the dead run's last epoch checkpoint
 (``study/objective.py``). ``baseline`` and any other attr that describes the trial itself are kept.
 
 Retries after a Ctrl-C are not limited (the user stopped the run, the trial did nothing wrong) and do not
@@ -22,13 +22,10 @@ import logging
 
 import optuna
 
+from study.trial_record import RUN_ATTRS
+
 INTERRUPTED_REASON = "interrupted"
 INTERRUPTED_ATTR = "adprune_interrupted"  # system attr: the trials of a retry series that Ctrl-C ended
-# user attrs of a run, not of the trial it runs: a retry starts without them (study/objective.py sets them)
-RUN_ATTRS = ("worker", "config", "epochs", "out_dir", "mlflow_run_id", "records", "status", "final",
-             "compression_params", "compression_flops", "accuracy_drop", "stop_reason", "fail_reason", "retry_of",
-             "resumed_from_epoch", "resume_skipped", "reused_epochs", "reused_seconds", "forked_from", "fork_skipped",
-             "snapshot_skipped", "train_flops_spent", "never_pruned")
 
 
 class QuietTrialEnd(Exception):

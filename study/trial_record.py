@@ -151,6 +151,11 @@ class TrialRecord:
         return cls.from_attrs(trial.user_attrs, f"trial {getattr(trial, 'number', '?')}")
 
 
+# the attrs of a run, not of the trial it runs: a retry starts without them (``study.retries``)
+RUN_ATTRS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.name != BASELINE_ATTR) + (
+    COMPRESSION_PARAMS_ATTR, COMPRESSION_FLOPS_ATTR)
+
+
 def set_attrs(trial: Any, record: TrialRecord) -> None:
     """Write ``record.to_attrs()`` into a live Optuna ``trial`` (``set_user_attr`` per attr)."""
     for key, value in record.to_attrs().items():

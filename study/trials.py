@@ -35,7 +35,7 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from adprune_core.errors import ConfigError
-from study.objective import WORKER_ATTR, retry_history
+from study.objective import retry_history
 from study.pareto import feasible
 from study.retries import QuietTrialEnd, enqueue_retry
 from study.space import StudyConfig, split_change
@@ -50,7 +50,7 @@ from study.stores import (
     sqlite_path,
 )
 from study.tracking import LEFT_RUNNING_REASON, end_dead_trial_run
-from study.trial_record import TrialRecord
+from study.trial_record import ACCURACY_DROP_ATTR, FAIL_REASON_ATTR, TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SPEC_ATTR = "study_spec"  # study user attr: the study config as plain data, for workers that join
@@ -102,7 +102,7 @@ class RetryDeadWorkerTrials:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         retried = enqueue_retry(study, trial, max_died=self.max_retry)
-        run_id = trial.user_attrs.get("mlflow_run_id")
+        run_id = TrialRecord.from_trial(trial).mlflow_run_id
         if run_id:
             try:
                 end_dead_trial_run(self.stores, run_id, DEAD_WORKER_REASON, retried)
@@ -219,10 +219,10 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         return StaleTrials([], [], [])
     before = {t.number for t in running_before}
     study_id = storage.get_study_id_from_name(study.study_name)
-    left = [t.number for t in running_before if WORKER_ATTR not in t.user_attrs]
+    left = [t.number for t in running_before if TrialRecord.from_trial(t).worker is None]
     for number in left:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        storage.set_trial_user_attr(trial_id, "fail_reason", LEFT_RUNNING_REASON)
+        storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, LEFT_RUNNING_REASON)
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     interval, grace = heartbeat_settings()
     wait_s = grace + interval + 2 if wait_s is None else wait_s  # the last beat may be an interval old
@@ -242,7 +242,7 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         time.sleep(1.0)
     # failed by the heartbeat: FAIL without a reason (a trial that raised records one, see objective.py)
     dead = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.number in before and t.number not in left and "fail_reason" not in t.user_attrs]
+            if t.number in before and t.number not in left and TrialRecord.from_trial(t).fail_reason is None]
     return StaleTrials(dead=dead, left_running=left, alive=running)
 
 
@@ -252,7 +252,7 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     that were not run (``TARGET_HELD_REASON``)."""
     replaced = {n for t in trials for n in retry_history(t)}
     return [t for t in trials if t.state in FINISHED and t.number not in replaced
-            and t.user_attrs.get("fail_reason") != TARGET_HELD_REASON]
+            and TrialRecord.from_trial(t).fail_reason != TARGET_HELD_REASON]
 
 
 def target_reached(study: optuna.Study, target: int) -> bool:
@@ -274,46 +274,46 @@ def held_before(trials: list[optuna.trial.FrozenTrial], number: int) -> int:
 def enqueue_baseline(study: optuna.Study) -> bool:
     """Enqueue the dense baseline unless one completed or waits; returns whether it enqueued."""
     alive = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-    if any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=alive)):
+    if any(TrialRecord.from_trial(t).baseline for t in study.get_trials(deepcopy=False, states=alive)):
         return False
-    study.enqueue_trial({}, user_attrs={"baseline": True})
+    study.enqueue_trial({}, user_attrs=TrialRecord(baseline=True).to_attrs())
     return True
 
 
 def baseline_waiting(study: optuna.Study) -> bool:
-    return any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return any(TrialRecord.from_trial(t).baseline for t in waiting)
 
 
 def trial_line(trial: Any, names: tuple[str, ...]) -> str:
-    notes = ["baseline"] if trial.user_attrs.get("baseline") else []
-    if trial.user_attrs.get("retry_of") is not None:
-        resumed = trial.user_attrs.get("resumed_from_epoch")
-        notes.append(f"retry of trial {TrialRecord.from_trial(trial).retry_of}"
-                     + (f", resumed after epoch {resumed}" if resumed else ""))
-    reused = trial.user_attrs.get("reused_epochs")
+    record = TrialRecord.from_trial(trial)
+    notes = ["baseline"] if record.baseline else []
+    if record.retry_of is not None:
+        resumed = record.resumed_from_epoch
+        notes.append(f"retry of trial {record.retry_of}" + (f", resumed after epoch {resumed}" if resumed else ""))
+    reused = record.reused_epochs
     if reused:  # forked from a snapshot (study/sharing.py)
         notes.append(f"reused {f'epochs 1-{reused}' if reused > 1 else 'epoch 1'}: "
-                     f"{trial.user_attrs.get('reused_seconds') or 0:.1f} s not retrained")
-    if trial.user_attrs.get("snapshot_skipped"):
+                     f"{record.reused_seconds or 0:.1f} s not retrained")
+    if record.snapshot_skipped:
         notes.append("a snapshot not written: the share.snapshot_gb limit (see its snapshot_skipped)")
     tag = " (" + "; ".join(notes) + ")" if notes else ""
     head = f"trial {trial.number}{tag} {trial.state.name}"
     if trial.state == TrialState.COMPLETE:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, trial.values))
-        if trial.user_attrs.get("never_pruned"):
+        if record.never_pruned:
             return f"{head}: {values}; never pruned (no cut happened: the dense baseline's network again, kept off " \
                    "the front)"
-        comp = trial.user_attrs.get("compression_flops")
+        comp = record.compression_flops
         return f"{head}: {values}" + (f", compression_flops {comp:.2f}x" if comp else "") + infeasible_note(trial)
-    reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
-    return f"{head}: {reason}"
+    return f"{head}: {record.stop_reason or record.fail_reason or ''}"
 
 
 def infeasible_note(trial: Any) -> str:
     """``"; infeasible: ..."`` naming the broken accuracy constraint in points, or "" for a feasible trial."""
     if feasible(trial):
         return ""
-    drop, excess = trial.user_attrs.get("accuracy_drop"), trial.constraints.get("accuracy_drop")
+    drop, excess = TrialRecord.from_trial(trial).accuracy_drop, trial.constraints.get(ACCURACY_DROP_ATTR)
     if drop is None or excess is None or excess <= 0:
         return "; infeasible"
     return (f"; infeasible: val_top1 {100 * drop:.1f} points below the baseline's, the limit is "

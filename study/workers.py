@@ -44,6 +44,7 @@ from study.sharing import snapshot_dir
 from study.space import SPLIT_KEYS, StudyConfig, split_change, study_config_from_spec
 from study.stores import Stores, check_study_name, check_tracking_reachable, sqlite_path
 from study.tracking import StudyTracker
+from study.trial_record import TrialRecord, set_attrs
 from study.trials import (
     SPEC_ATTR,
     TARGET_ATTR,
@@ -82,7 +83,7 @@ class StopAtTarget:
 
         def run(trial: optuna.Trial) -> Any:
             if held_before(trial.study.get_trials(deepcopy=False), trial.number) >= self.n_trials:
-                trial.set_user_attr("fail_reason", TARGET_HELD_REASON)
+                set_attrs(trial, TrialRecord(fail_reason=TARGET_HELD_REASON))
                 trial.study.stop()
                 raise TargetHeld(f"trial {trial.number}: {TARGET_HELD_REASON}")
             return objective(trial)
@@ -92,7 +93,7 @@ class StopAtTarget:
 
 def was_run(trial: optuna.trial.FrozenTrial) -> bool:
     """False for a trial ``StopAtTarget.skip_surplus`` ended before it ran."""
-    return trial.user_attrs.get("fail_reason") != TARGET_HELD_REASON
+    return TrialRecord.from_trial(trial).fail_reason != TARGET_HELD_REASON
 
 
 def optimize_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], Any], target: int | None,

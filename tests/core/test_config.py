@@ -66,7 +66,7 @@ def test_missing_and_broken_files(tmp_path):
 def test_every_preset_loads():
     from pathlib import Path
 
-    presets = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    presets = sorted(Path(__file__).resolve().parents[2].glob("configs/*.yaml"))
     assert len(presets) >= 7
     for path in presets:
         assert isinstance(load_config(path), Config)

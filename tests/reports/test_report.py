@@ -250,7 +250,7 @@ def test_objective_names_come_from_optunas_metric_names_or_an_older_studys_attr(
     import warnings
 
     from adprune_core.errors import ConfigError
-    from reports.load import objective_names
+    from reports.study_view import objective_names
 
     directions = ["maximize", "minimize", "minimize"]
     old = optuna.create_study(directions=directions)

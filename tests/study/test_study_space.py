@@ -17,7 +17,7 @@ from study.space import (
     trial_config,
 )
 
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml"))
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "configs" / "study").glob("*.yaml"))
 OBJECTIVES = [{"name": "val_top1", "direction": "maximize"}, {"name": "flops", "direction": "minimize"},
               {"name": "train_flops_cum", "direction": "minimize"}]
 

@@ -1,0 +1,1 @@
+"""Tests of the trainer library (adprune_core)."""

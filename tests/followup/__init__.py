@@ -1,0 +1,1 @@
+"""Tests of pick and control (followup)."""

@@ -1,0 +1,1 @@
+"""Tests of the search (study): Optuna, MLflow, workers, stores."""

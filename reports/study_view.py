@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial
 
 from adprune_core.errors import ConfigError
 from reports.pareto import METRICS
-from study.pareto import completed_baseline, pareto_trials
+from study.pareto import completed_baseline
 from study.stores import Stores, location, sqlite_path
 from study.trials import stored_objective_names
 
@@ -92,8 +92,8 @@ class StudyView:
 
     @property
     def pareto(self) -> list[FrozenTrial]:
-        """The COMPLETE, feasible, non-dominated trials (``study.pareto.pareto_trials``)."""
-        return pareto_trials(self.trials, self.directions)
+        """The COMPLETE, feasible, non-dominated trials, by number (Optuna's ``study.best_trials``)."""
+        return sorted(self.study.best_trials, key=lambda t: t.number)
 
     @property
     def baseline(self) -> FrozenTrial | None:

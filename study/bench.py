@@ -35,7 +35,6 @@ import torch
 
 from adprune_core.bench import write_section
 from adprune_core.data import load_dataset
-from study.pareto import pareto_trials
 from study.runner import run_study
 from study.sharing import sharing_totals
 from study.space import load_study_config
@@ -83,9 +82,10 @@ def run_case(case: Case, trials: int, tmp: Path, share: bool) -> Result:
     started, cpu = time.perf_counter(), time.process_time()
     run_study(cfg, case.name, trials, runs, progress=False, log=lambda *_: None)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    done = open_study(cfg, case.name, runs).get_trials(deepcopy=False)
+    study = open_study(cfg, case.name, runs)
+    done = study.get_trials(deepcopy=False)
     totals = sharing_totals(done)
-    front = [(t.number, tuple(t.values)) for t in pareto_trials(done, cfg.directions)]
+    front = [(t.number, tuple(t.values)) for t in sorted(study.best_trials, key=lambda t: t.number)]
     trial_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done if t.datetime_complete)
     return Result(share, wall, cpu, trial_s, done, front, totals.train_flops_spent, totals.train_flops_cum,
                   totals.forked, totals.reused_epochs)

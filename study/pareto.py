@@ -6,6 +6,9 @@ A point is a sequence of objective values; ``directions[i]`` is ``"maximize"`` o
 better by at least m relative to ``b`` in every objective: ``a >= b + m * |b|`` when maximising,
 ``a <= b - m * |b|`` when minimising (so ``margin=0.05`` asks for 5% more accuracy *and* 5% fewer
 FLOPs *and* 5% less training compute). NaN is never better than anything.
+
+The Pareto front of a study's trials is Optuna's own ``study.best_trials`` (COMPLETE, feasible under the
+constraints, non-dominated); the functions here serve the stopper's margin and the report's views.
 """
 
 from __future__ import annotations
@@ -59,12 +62,6 @@ def completed_baseline(trials: Iterable[Any]) -> Any | None:
     study re-enqueues the baseline only when it did not complete), or None."""
     done = [t for t in trials if t.state.name == "COMPLETE" and TrialRecord.from_trial(t).baseline]
     return done[-1] if done else None
-
-
-def pareto_trials(trials: Iterable[Any], directions: Sequence[str]) -> list[Any]:
-    """The COMPLETE, feasible trials on the Pareto front, by trial number."""
-    done = sorted((t for t in trials if t.state.name == "COMPLETE" and feasible(t)), key=lambda t: t.number)
-    return [done[i] for i in pareto_front([t.values for t in done], directions)]
 
 
 def describe_trial(trial: Any, names: Sequence[str]) -> dict[str, Any]:

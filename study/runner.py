@@ -37,7 +37,7 @@ from adprune_core.config import config_to_dict
 from adprune_core.data import load_dataset
 from adprune_core.errors import ConfigError
 from study.objective import Objective, retry_history
-from study.pareto import completed_baseline, describe_trial, pareto_trials
+from study.pareto import completed_baseline, describe_trial
 from study.retries import quiet_interrupted_trials
 from study.samplers import build_sampler
 from study.sharing import SharingTotals, sharing_text, sharing_totals, snapshot_dir
@@ -218,7 +218,7 @@ def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran
     retried = sorted({n for t in trials for n in retry_history(t)})
     return SessionOutcome(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
-                       pareto=[describe_trial(t, cfg.objective_names) for t in pareto_trials(trials, cfg.directions)],
+                       pareto=[describe_trial(t, cfg.objective_names) for t in study.best_trials],
                        retried=retried, sharing=sharing_totals(t for t in trials if t.state in FINISHED))
 
 

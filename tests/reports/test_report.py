@@ -17,7 +17,6 @@ from adprune.cli import main
 from reports.load import load_study_data, registered_model_name, trial_history
 from reports.report import build_report
 from reports.report_cli import report_dir
-from study.pareto import pareto_trials
 from study.runner import run_study
 from study.space import study_config_from_dict
 from tests.helpers import optuna_uri, tracking_uri
@@ -71,7 +70,7 @@ def built(tmp_path_factory):
         torch.set_num_threads(threads)
     study = optuna.load_study(study_name=STUDY, storage=optuna_uri(runs))
     trials = study.get_trials()
-    front = pareto_trials(trials, [d.name.lower() for d in study.directions])
+    front = sorted(study.best_trials, key=lambda t: t.number)
     controlled = next((t for t in front if not t.user_attrs.get("baseline")), front[0])
     control_id = add_control_and_pick(runs, controlled)
     code = main(["report", "--runs-dir", str(runs), "--mlflow-url", MLFLOW_URL + "/"])

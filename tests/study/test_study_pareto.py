@@ -2,10 +2,11 @@
 
 import math
 
+import optuna
 import pytest
 
 from adprune_core.records import EpochRecord
-from study.pareto import dominates, dominates_by_margin, pareto_front, pareto_trials
+from study.pareto import dominates, dominates_by_margin, feasible, pareto_front
 from study.plots import layer_curves
 from study.stopping import DominatedTrialStopper, check_epochs, dominated_reason
 
@@ -99,16 +100,21 @@ def test_direction_typos_are_errors():
         dominates((1,), (0,), ("max",))
 
 
-def test_pareto_trials_keep_complete_feasible_trials_only():
-    from types import SimpleNamespace as T
+def test_the_front_is_optunas_best_trials_under_the_accuracy_constraint():
+    """The study's front is ``study.best_trials``: COMPLETE, feasible (constraint <= 0, zero included) and
+    non-dominated; PRUNED and FAIL trials never count. The same numbers the study's constraint writes."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
 
-    def trial(number, state, values, constraint=None):
-        return T(number=number, state=T(name=state), values=values, user_attrs={},
-                 constraints={} if constraint is None else {"accuracy_drop": constraint})
-
-    trials = [trial(0, "COMPLETE", (0.9, 100, 1000), -0.02),  # the baseline
-              trial(1, "COMPLETE", (0.5, 10, 100), 0.38),  # best costs, but infeasible
-              trial(2, "COMPLETE", (0.89, 50, 800), -0.01),
-              trial(3, "PRUNED", None), trial(4, "FAIL", None),
-              trial(5, "COMPLETE", (0.88, 60, 900), 0.0)]  # dominated by 2; a zero constraint is feasible
-    assert [t.number for t in pareto_trials(trials, DIRS)] == [0, 2]
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    dist = {"x": FloatDistribution(0, 1)}
+    for values, constraint, state in [((0.9, 100, 1000), -0.02, TrialState.COMPLETE),  # the baseline
+                                      ((0.5, 10, 100), 0.38, TrialState.COMPLETE),  # best costs, but infeasible
+                                      ((0.89, 50, 800), -0.01, TrialState.COMPLETE),
+                                      (None, None, TrialState.PRUNED), (None, None, TrialState.FAIL),
+                                      ((0.88, 60, 900), 0.0, TrialState.COMPLETE)]:  # dominated by trial 2
+        attrs = {"constraints": [constraint]} if constraint is not None else {}
+        study.add_trial(create_trial(state=state, values=values, params={"x": 0.5}, distributions=dist,
+                                     system_attrs=attrs))
+    assert sorted(t.number for t in study.best_trials) == [0, 2]
+    assert [feasible(t) for t in study.trials if t.state == TrialState.COMPLETE] == [True, False, True, True]

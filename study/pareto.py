@@ -65,7 +65,7 @@ def completed_baseline(trials: Iterable[Any]) -> Any | None:
 
 
 def describe_trial(trial: Any, names: Sequence[str]) -> dict[str, Any]:
-    """A trial as plain data for ``pareto_front.json`` and the command's summary."""
+    """A trial as plain data for the command's closing summary (``SessionOutcome``)."""
     r = TrialRecord.from_trial(trial)
     return {"number": trial.number, "state": trial.state.name, "baseline": r.baseline,
             "values": dict(zip(names, trial.values)) if trial.values else None, "params": dict(trial.params),

@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 
-from adprune_core.errors import ConfigError
 from adprune_core.records import SUMMARY_FILE, RecordError, RunSummary
 from reports.pareto import CONTROL_KINDS, REPORTED, ControlInput, TrialInput
 from reports.study_view import StudyView, open_study_view
@@ -103,8 +102,6 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
 
     view = open_study_view(where, name)
     stores, name = view.stores, view.name
-    if not view.trials:
-        raise ConfigError(f"study {name!r} in {location(stores.optuna_url)} has no trials yet; run it (make study)")
     data = StudyRuns(view=view, runs=pd.DataFrame(columns=["run_id"]),
                      parent_run_id=view.study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
     tracking = location(stores.tracking_uri)

@@ -111,11 +111,14 @@ class StudyView:
 
 
 def open_study_view(where: Stores | str | Path, name: str | None) -> StudyView:
-    """Study ``name`` from its stores (``Stores.of(where)``); without a name, the storage's only study."""
+    """Study ``name`` from its stores (``Stores.of(where)``); without a name, the storage's only study.
+    A study without trials is a ``ConfigError`` (nothing to report, pick or control yet)."""
     stores = Stores.of(where)
     storage = open_storage(stores)
     name = resolve_study(stores, name, storage)
     study = optuna.load_study(study_name=name, storage=storage)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    if not trials:
+        raise ConfigError(f"study {name!r} in {location(stores.optuna_url)} has no trials yet; run it (make study)")
     directions = tuple(d.name.lower() for d in study.directions)
     return StudyView(name, stores.runs_dir, study, trials, objective_names(study, name), directions, stores)

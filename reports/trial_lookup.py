@@ -24,7 +24,7 @@ def completed_trial(view: StudyView, number: int) -> FrozenTrial:
     """Trial ``number`` if it is COMPLETE (only those have a final network); ADPruneError otherwise."""
     by_number = {t.number: t for t in view.trials}
     if number not in by_number:
-        span = f"0..{max(by_number)}" if by_number else "none yet"
+        span = f"0..{max(by_number)}"  # a view has trials (open_study_view)
         raise ADPruneError(f"trial {number} is not in study {view.name!r} (trials: {span}); "
                            f"pick one of its Pareto trials: {view.pareto_numbers()}")
     trial = by_number[number]

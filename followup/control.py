@@ -56,7 +56,7 @@ from reports.study_view import StudyView
 from reports.trial_lookup import trial_model_dir
 from study.plots import layer_curves, render
 from study.stores import location
-from study.tracking import PLOT_FILE, TrialRun, flatten
+from study.tracking import PLOT_FILE, TrialRun, flatten, parent_run_id
 from study.trial_record import TrialRecord
 
 CONTRACT_METRICS = ("val_top1", "test_top1", "params", "flops", "train_flops_cum", "compression_params",
@@ -376,7 +376,7 @@ def _start_run(view: StudyView, trial: FrozenTrial, job: ControlJob, client: Any
                            "was it run with another --runs-dir?")
     tags = {"adprune.role": "control", "adprune.control_of": str(trial.number), "adprune.control_kind": job.kind,
             "adprune.control_seed": str(job.seed), "optuna.study_name": view.name, "adprune.out_dir": str(out)}
-    parent = view.study.user_attrs.get("mlflow_parent_run_id")
+    parent = parent_run_id(view.study)
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp.experiment_id, run_name=out.name, tags=tags)

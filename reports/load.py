@@ -2,7 +2,8 @@
 
 Layout read (``study/runner.py``, ``study/tracking.py``): ``<runs>/optuna.db`` (Optuna, every study by
 name; the objective names are Optuna's ``metric_names``, ``study.trials.stored_objective_names``; the
-study's user attr ``mlflow_parent_run_id``; each trial's record through ``study.trial_record.TrialRecord``),
+study's MLflow parent run, ``study.tracking.parent_run_id``; each trial's record through
+``study.trial_record.TrialRecord``),
 ``<runs>/mlflow.db`` (one experiment per study, named after it: the parent run, a child run per trial,
 control runs tagged ``adprune.role=control``), the trainer output ``summary.json`` in each trial's
 ``out_dir`` (read as ``adprune_core.records.RunSummary``), and the picks: registered model
@@ -28,6 +29,7 @@ from adprune_core.records import SUMMARY_FILE, RecordError, RunSummary
 from reports.pareto import CONTROL_KINDS, REPORTED, ControlInput, TrialInput
 from reports.study_view import StudyView, open_study_view
 from study.stores import Stores, location, sqlite_path
+from study.tracking import parent_run_id
 from study.trial_record import TrialRecord
 
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
@@ -103,7 +105,7 @@ def load_study_data(where: Stores | str | Path, name: str | None = None,
     view = open_study_view(where, name)
     stores, name = view.stores, view.name
     data = StudyRuns(view=view, runs=pd.DataFrame(columns=["run_id"]),
-                     parent_run_id=view.study.user_attrs.get("mlflow_parent_run_id"), mlflow_url=mlflow_url)
+                     parent_run_id=parent_run_id(view.study), mlflow_url=mlflow_url)
     tracking = location(stores.tracking_uri)
     path = sqlite_path(stores.tracking_uri)
     if path is not None and not path.is_file():

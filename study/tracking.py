@@ -83,6 +83,15 @@ def _quiet_store_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study's user attr: the id of its MLflow parent run
+
+
+def parent_run_id(study: Any) -> str | None:
+    """The id of the study's MLflow parent run (``StudyTracker.open`` records it), or None before one."""
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    return str(run_id) if run_id else None
+
+
 class StudyTracker:
     """The study's MLflow experiment and parent run; hands out a ``TrialRun`` per trial."""
 
@@ -111,7 +120,7 @@ class StudyTracker:
         the child runs left RUNNING by an interrupted process: those whose Optuna trial has finished (a
         trial that another process runs, or starts meanwhile, is not finished and keeps its run)."""
         run = None
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        run_id = parent_run_id(study)
         if run_id:
             try:
                 run = self.client.get_run(run_id)
@@ -121,7 +130,7 @@ class StudyTracker:
             run = self.client.create_run(self.experiment_id, run_name=self.study_name,
                                          tags={"adprune.role": "study", "optuna.study_name": self.study_name,
                                                "adprune.objectives": ",".join(self.names)})
-            study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
+            study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
             self._log_params(run.info.run_id, flatten(study_config))
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")

@@ -43,7 +43,7 @@ from study.samplers import build_sampler
 from study.sharing import snapshot_dir
 from study.space import SPLIT_KEYS, StudyConfig, split_change, study_config_from_spec
 from study.stores import Stores, check_study_name, check_tracking_reachable, sqlite_path
-from study.tracking import StudyTracker
+from study.tracking import StudyTracker, parent_run_id
 from study.trial_record import TrialRecord, set_attrs
 from study.trials import (
     SPEC_ATTR,
@@ -226,7 +226,8 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
     check_tracking_reachable(stores)
     study = load_existing_study(name, storage, stores)
     attrs = study.user_attrs
-    if SPEC_ATTR not in attrs or "mlflow_parent_run_id" not in attrs:
+    parent = parent_run_id(study)
+    if SPEC_ATTR not in attrs or parent is None:
         raise ConfigError(f"study {name!r} holds no study config (it was started by an older adprune); "
                           "run make study for it once with this version, then join it")
     cfg = study_config_from_spec(attrs[SPEC_ATTR], overrides, values, source=f"study {name!r}")
@@ -236,7 +237,7 @@ def join_study(name: str, stores: Stores | str | Path, trials: int | None = None
                           f"study {name!r}'s; leave the data keys that choose it ({', '.join(SPLIT_KEYS)}) alone")
     log(f"joined study {name!r} ({stores.describe()}): "
         + (f"{trials} trial(s)" if trials is not None else f"until it holds {attrs[TARGET_ATTR]} trial(s)"))
-    ran = run_worker(cfg, name, stores, attrs["mlflow_parent_run_id"], trials=trials, log=log, study=study,
+    ran = run_worker(cfg, name, stores, parent, trials=trials, log=log, study=study,
                      snapshots=snapshots)
     log(f"ran {ran} trial(s) of study {name!r}")
     return ran

@@ -115,7 +115,7 @@ $(STAMP): pyproject.toml
 	$(call q,$(PY)) -m pip install --quiet -e '.[all,test]'
 	touch $(call q,$(STAMP))
 
-test: install  ## lint, the import contracts, the core's type check and the fast CPU suite (21 minutes on 2 idle cores from a fresh clone, pytest 17 of them: docs/durations.md) :: make test
+test: install  ## lint, the import contracts, the core's type check and the fast CPU suite (13 minutes on 2 idle cores from a fresh clone, pytest 10 of them: docs/durations.md) :: make test
 	$(call q,$(PY)) -m ruff check adprune adprune_core study reports followup tests
 	$(call q,$(VENV)/bin/lint-imports)
 	$(call q,$(PY)) -m mypy

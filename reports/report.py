@@ -83,8 +83,8 @@ def build_report(data: StudyRuns) -> Report:
     inputs = trial_inputs(data)
     controls = control_inputs(data)
     found = completed_baseline(data.trials)
-    base = next((t for t in inputs if t.number == found.number), None) if found is not None else None
-    rows = trial_rows(inputs, data.names, data.directions, controls, baseline=base.number if base else None)
+    base = next((t for t in inputs if found is not None and t.number == found.number), None)
+    rows = trial_rows(inputs, data.names, data.directions, controls, baseline=found.number if found else None)
     pareto = [r["number"] for r in rows if r["pareto"]]
     by_number = {t.number: t for t in data.trials}
 

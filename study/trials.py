@@ -251,8 +251,13 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     the FAIL trials that a retry replaces (their worker died; the retry counts once it finishes) and those
     that were not run (``TARGET_HELD_REASON``)."""
     replaced = {n for t in trials for n in retry_history(t)}
-    return [t for t in trials if t.state in FINISHED and t.number not in replaced
-            and TrialRecord.from_trial(t).fail_reason != TARGET_HELD_REASON]
+    return [t for t in trials if t.state in FINISHED and t.number not in replaced and was_run(t)]
+
+
+def was_run(trial: optuna.trial.FrozenTrial) -> bool:
+    """False for a trial that ended before it ran: the study already held its target when it started
+    (``TARGET_HELD_REASON``, ``study.workers.StopAtTarget.skip_surplus``)."""
+    return TrialRecord.from_trial(trial).fail_reason != TARGET_HELD_REASON
 
 
 def target_reached(study: optuna.Study, target: int) -> bool:

@@ -56,6 +56,7 @@ from study.trials import (
     target_reached,
     trial_line,
     trials_dir,
+    was_run,
 )
 
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -89,11 +90,6 @@ class StopAtTarget:
             return objective(trial)
 
         return run
-
-
-def was_run(trial: optuna.trial.FrozenTrial) -> bool:
-    """False for a trial ``StopAtTarget.skip_surplus`` ended before it ran."""
-    return TrialRecord.from_trial(trial).fail_reason != TARGET_HELD_REASON
 
 
 def optimize_until_target(study: optuna.Study, objective: Callable[[optuna.Trial], Any], target: int | None,

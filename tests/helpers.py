@@ -19,7 +19,7 @@ from adprune_core.config import ModelConfig, load_config
 from adprune_core.graph import prepare_model
 from adprune_core.models import build_model
 from study.stores import Stores, sqlite_path
-from study.trials import HEARTBEAT_ENV, TARGET_HELD_REASON
+from study.trials import HEARTBEAT_ENV, was_run
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (the working folder of the processes tests start)
 
@@ -241,7 +241,7 @@ def load(runs: Path, name="tiny", storage: str | None = None) -> list[optuna.tri
 def ran(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The trials that ran: without the rare one two racing processes started when the study already held its
     target (it ends FAIL, ``fail_reason`` TARGET_HELD_REASON, with no MLflow run and no epoch trained)."""
-    return [t for t in trials if t.user_attrs.get("fail_reason") != TARGET_HELD_REASON]
+    return [t for t in trials if was_run(t)]
 
 
 def split_runs(found):

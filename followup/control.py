@@ -197,7 +197,12 @@ def _config(trial: FrozenTrial) -> Mapping[str, Any]:
 
 
 def _own_seed(trial: FrozenTrial) -> int:
-    return int(_config(trial)["train"]["seed"])
+    """The trial's ``train.seed`` (``TrialRecord.seed``); ADPruneError when it has no config or no seed."""
+    _config(trial)
+    seed = TrialRecord.from_trial(trial).seed
+    if seed is None:
+        raise ADPruneError(f"trial {trial.number}'s recorded config has no integer train.seed; pick a COMPLETE trial")
+    return seed
 
 
 def _final(trial: FrozenTrial) -> FinalMetrics:

@@ -66,6 +66,7 @@ from study.trials import (
     optuna_storage,
     trial_line,
     trials_dir,
+    was_run,
 )
 from study.workers import optimize_until_target, wait_for_workers
 
@@ -81,6 +82,7 @@ class SessionOutcome:
     pareto: list[dict[str, Any]]  # the Pareto front, described
     retried: list[int] = field(default_factory=list)  # FAIL trials whose worker died and that were retried
     sharing: SharingTotals | None = None  # what shared prefixes saved over the study's finished trials
+    not_run: list[int] = field(default_factory=list)  # FAIL trials started past the target (``was_run``)
 
 
 def study_record(cfg: StudyConfig) -> dict[str, Any]:
@@ -219,7 +221,8 @@ def _report(study: optuna.Study, cfg: StudyConfig, name: str, finished: int, ran
     return SessionOutcome(name=name, existing=finished, ran=ran,
                        trials=[describe_trial(t, cfg.objective_names) for t in trials],
                        pareto=[describe_trial(t, cfg.objective_names) for t in study.best_trials],
-                       retried=retried, sharing=sharing_totals(t for t in trials if t.state in FINISHED))
+                       retried=retried, sharing=sharing_totals(t for t in trials if t.state in FINISHED),
+                       not_run=[t.number for t in trials if not was_run(t)])
 
 
 def _state_counts(trials: list[optuna.trial.FrozenTrial]) -> str:
@@ -240,14 +243,17 @@ def format_report(report: SessionOutcome, names: tuple[str, ...]) -> str:
     """The command's closing summary: counts and the Pareto front as a small table."""
     states = [t["state"] for t in report.trials]
     retried = f", {len(report.retried)} of them retried after their worker died" if report.retried else ""
+    not_run = (f", {len(report.not_run)} not run (started when the study already held its target)"
+               if report.not_run else "")
+    failed = states.count("FAIL") - len(report.not_run)
     lines = [f"study {report.name!r}: {len(states)} trials ({states.count('COMPLETE')} complete, "
-             f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed{retried}); ran {report.ran} now",
+             f"{states.count('PRUNED')} pruned, {failed} failed{retried}{not_run}); ran {report.ran} now",
              *([sharing_text(report.sharing)] if report.sharing and report.sharing.trials else []),
              f"Pareto front ({len(report.pareto)}):",
              "  trial  " + "  ".join(f"{n:>15}" for n in names) + "  compression_flops  baseline"]
     for t in report.pareto:
         vals = "  ".join(f"{t['values'][n]:>15.4g}" for n in names)
         comp = t["compression_flops"]
-        lines.append(f"  {t['number']:>5}  {vals}  {comp if comp is None else f'{comp:.2f}x':>17}  "
+        lines.append(f"  {t['number']:>5}  {vals}  {'-' if comp is None else f'{comp:.2f}x':>17}  "
                      f"{'yes' if t['baseline'] else ''}")
     return "\n".join(lines)

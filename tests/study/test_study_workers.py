@@ -12,6 +12,8 @@ import yaml
 from adprune.cli import main
 from adprune_core.errors import ConfigError
 from study.cli import worker_envs
+from study.runner import _report, format_report
+from study.space import study_config_from_dict
 from study.stores import Stores
 from study.trials import TARGET_HELD_REASON, counted_trials, held_before, optuna_storage
 from study.workers import StopAtTarget, optimize_until_target
@@ -42,6 +44,11 @@ def test_of_two_trials_started_at_once_for_the_last_place_the_higher_numbered_is
     # a process that comes to the full study starts no trial at all
     optimize_until_target(study, objective, 3, lambda s, t: None)
     assert ran == [] and len(study.get_trials()) == 4
+    # the closing summary counts it apart from the failed trials
+    outcome = _report(study, study_config_from_dict(TINY), "race", finished=2, ran=1)
+    assert outcome.not_run == [3]
+    assert "4 trials (3 complete, 0 pruned, 0 failed, 1 not run (started when the study already held its " \
+           "target)); ran 1 now" in format_report(outcome, ("val_top1",))
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
@@ -99,6 +106,8 @@ POP_WAITING = """
 import json, sys
 import optuna
 from study.trials import optuna_storage
+from study.runner import _report, format_report
+from study.space import study_config_from_dict
 from study.stores import Stores
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
